@@ -1,0 +1,668 @@
+//! One peer connection: socket, read buffer and decoder, write queue, calls in
+//! flight, and dispatch of what the peer sends.
+//!
+//! A connection is driven in one of two ways:
+//! - by its callers (`Caller` mode, the default for clients): a thread waiting
+//!   for a reply reads the socket itself when no other thread is reading
+//!   (leader/followers), so a synchronous call costs no thread hand-off;
+//! - by a reactor thread (servers, and clients that have handlers, futures or
+//!   callbacks): the reactor reads, and waiting threads are woken with the reply.
+//!
+//! Either way the same code reads, decodes and processes messages: the
+//! `read_wanted` flag lets a reader that finds the read lock taken leave the
+//! work to the holder, which looks again before it leaves.
+
+use std::cell::RefCell;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::codec::{self, DecodeError, Decoder};
+use crate::dispatch::{Notification, Request, Responder, Router};
+use crate::error::{Error, Result, ERROR_CODE_VALIDATION};
+use crate::limits::Limits;
+use crate::message::Message;
+use crate::peer::Peer;
+use crate::pending::{CallSlot, Pending};
+use crate::reactor::ReactorHandle;
+use crate::server::ServerState;
+use crate::transport::Stream;
+use crate::{fork, Value};
+
+/// Bytes read per `read()` call; also the size of each thread's scratch buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// A write queue or partial-message buffer above this is freed once empty, so
+/// that an idle connection holds almost no memory.
+const KEEP_CAPACITY: usize = 64 * 1024;
+/// A waiting follower looks for lost promotions at least this often.
+const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here leave their state consistent at every step, so a
+    // panic elsewhere (a user callback) must not make the connection unusable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a connection is set up.
+#[derive(Clone)]
+pub(crate) struct ConnConfig {
+    pub limits: Limits,
+    pub call_timeout: Option<Duration>,
+    pub router: Arc<Router>,
+    pub server: Option<Arc<ServerState>>,
+}
+
+struct ReadState {
+    /// Bytes of a message not yet complete (empty between messages).
+    partial: Vec<u8>,
+    decoder: Decoder,
+}
+
+struct WriteState {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// While > 0, replies are queued and flushed together when it drops to 0.
+    cork: u32,
+}
+
+impl WriteState {
+    fn pending(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+}
+
+enum ReadStatus {
+    Open,
+    Closed(Error),
+}
+
+pub(crate) struct Conn {
+    id: u64,
+    stream: Stream,
+    config: ConnConfig,
+    read: Mutex<ReadState>,
+    read_wanted: AtomicBool,
+    write: Mutex<WriteState>,
+    pending: Mutex<Pending>,
+    closed: AtomicBool,
+    reactor: OnceLock<ReactorHandle>,
+    in_flight: AtomicUsize,
+    fork_generation: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: Stream, config: ConnConfig) -> Arc<Conn> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(Conn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            read: Mutex::new(ReadState {
+                partial: Vec::new(),
+                decoder: Decoder::new(&config.limits),
+            }),
+            pending: Mutex::new(Pending::new(config.limits.max_in_flight.max(1))),
+            stream,
+            config,
+            read_wanted: AtomicBool::new(false),
+            write: Mutex::new(WriteState {
+                buf: Vec::new(),
+                pos: 0,
+                cork: 0,
+            }),
+            closed: AtomicBool::new(false),
+            reactor: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
+            fork_generation: fork::generation(),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub(crate) fn call_timeout(&self) -> Option<Duration> {
+        self.config.call_timeout
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn reactor(&self) -> Option<&ReactorHandle> {
+        self.reactor.get()
+    }
+
+    /// Marks the connection as driven by `reactor` (which registers it itself).
+    pub(crate) fn set_reactor(&self, reactor: &ReactorHandle) {
+        let _ = self.reactor.set(reactor.clone());
+    }
+
+    /// Hands this connection to `reactor` (once); from then on the reactor reads.
+    pub(crate) fn attach_reactor(self: &Arc<Self>, reactor: &ReactorHandle) {
+        if self.reactor.set(reactor.clone()).is_ok() {
+            reactor.add_conn(self.clone());
+        }
+    }
+
+    /// Fails when the connection cannot be used from this thread or process.
+    pub(crate) fn check_usable(&self, blocking: bool) -> Result<()> {
+        if self.fork_generation != fork::generation() {
+            return Err(Error::Usage(
+                "this connection was made before fork(); create a new one in the child process"
+                    .into(),
+            ));
+        }
+        if blocking && self.reactor.get().is_some_and(|r| r.is_current_thread()) {
+            return Err(Error::Usage(
+                "a blocking call from a handler that runs on the I/O thread would deadlock; \
+                 use call_async or register the handler to run on the pool"
+                    .into(),
+            ));
+        }
+        if let Some(e) = lock(&self.pending).closed_reason() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    // ---- writing ----------------------------------------------------------
+
+    /// Queues one encoded message and writes it out (unless corked).
+    ///
+    /// Without a reactor, a full socket is waited on here until `deadline`, as
+    /// a blocking socket would; with one, the reactor finishes the write.
+    pub(crate) fn send(
+        &self,
+        deadline: Option<Instant>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let mut w = lock(&self.write);
+        if self.is_closed() {
+            drop(w);
+            return Err(self.closed_error());
+        }
+        encode(&mut w.buf);
+        if w.cork > 0 {
+            return Ok(());
+        }
+        match self.flush_locked(&mut w) {
+            Ok(true) => Ok(()),
+            Ok(false) if self.reactor.get().is_some() => Ok(()),
+            Ok(false) => self.flush_blocking(w, deadline),
+            Err(e) => {
+                drop(w);
+                let err = Error::ConnectionLost(format!("write failed: {e}"));
+                self.close(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes queued bytes until done (true) or the socket is full (false).
+    fn flush_locked(&self, w: &mut WriteState) -> std::io::Result<bool> {
+        while w.pending() {
+            match self.stream.write(&w.buf[w.pos..]) {
+                Ok(n) => w.pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        w.pos = 0;
+        w.buf.clear();
+        if w.buf.capacity() > KEEP_CAPACITY {
+            w.buf = Vec::new();
+        }
+        Ok(true)
+    }
+
+    fn flush_blocking(
+        &self,
+        mut w: MutexGuard<'_, WriteState>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        loop {
+            if !poll_fd(self.fd(), libc::POLLOUT, deadline) {
+                drop(w);
+                // Part of a message may be on the wire: the stream cannot be resumed.
+                let err = Error::ConnectionLost("timed out writing to the peer".into());
+                self.close(err);
+                return Err(Error::Timeout);
+            }
+            match self.flush_locked(&mut w) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    drop(w);
+                    let err = Error::ConnectionLost(format!("write failed: {e}"));
+                    self.close(err.clone());
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Holds back writes so that replies produced together leave in one syscall.
+    pub(crate) fn cork(&self) {
+        lock(&self.write).cork += 1;
+    }
+
+    pub(crate) fn uncork(&self) {
+        let mut w = lock(&self.write);
+        w.cork -= 1;
+        if w.cork == 0 && w.pending() {
+            if let Err(e) = self.flush_locked(&mut w) {
+                drop(w);
+                self.close(Error::ConnectionLost(format!("write failed: {e}")));
+            }
+        }
+    }
+
+    /// The reactor saw the socket become writable.
+    pub(crate) fn on_writable(&self) {
+        let mut w = lock(&self.write);
+        if w.cork == 0 && w.pending() {
+            if let Err(e) = self.flush_locked(&mut w) {
+                drop(w);
+                self.close(Error::ConnectionLost(format!("write failed: {e}")));
+            }
+        }
+    }
+
+    /// Writes what is queued, waiting up to `timeout` (used before a graceful close).
+    pub(crate) fn flush_for(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut w = lock(&self.write);
+        while w.pending() {
+            match self.flush_locked(&mut w) {
+                Ok(true) => return,
+                Ok(false) if poll_fd(self.fd(), libc::POLLOUT, Some(deadline)) => {}
+                _ => return,
+            }
+        }
+    }
+
+    // ---- reading ----------------------------------------------------------
+
+    /// The reactor saw the socket become readable.
+    pub(crate) fn on_readable(self: &Arc<Self>) {
+        self.read_wanted.store(true, Ordering::SeqCst);
+        if let Ok(guard) = self.read.try_lock() {
+            self.pump(guard);
+        }
+    }
+
+    /// Reads and processes until nothing is left that someone asked to be read.
+    fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>) {
+        loop {
+            self.read_wanted.store(false, Ordering::SeqCst);
+            let mut batch = Vec::new();
+            let status = self.read_batch(&mut guard, &mut batch);
+            drop(guard);
+            if !batch.is_empty() {
+                self.cork();
+                self.process(batch);
+                self.uncork();
+            }
+            if let ReadStatus::Closed(e) = status {
+                self.close(e);
+                return;
+            }
+            if !self.read_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+            match self.read.try_lock() {
+                Ok(g) => guard = g,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads what the socket has and decodes every complete message into `out`.
+    fn read_batch(&self, rs: &mut ReadState, out: &mut Vec<Message>) -> ReadStatus {
+        if self.is_closed() {
+            return ReadStatus::Closed(self.closed_error());
+        }
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            loop {
+                let n = match self.stream.read(scratch) {
+                    Ok(0) if rs.partial.is_empty() => {
+                        return ReadStatus::Closed(Error::ConnectionLost(
+                            "the peer closed the connection".into(),
+                        ))
+                    }
+                    Ok(0) => {
+                        return ReadStatus::Closed(Error::ConnectionLost(
+                            "the peer closed the connection in the middle of a message".into(),
+                        ))
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return ReadStatus::Open
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return ReadStatus::Closed(Error::ConnectionLost(format!(
+                            "read failed: {e}"
+                        )))
+                    }
+                };
+                let result = if rs.partial.is_empty() {
+                    // Common case: whole messages straight from the scratch buffer.
+                    decode_all(&mut rs.decoder, &scratch[..n], out).map(|used| {
+                        rs.partial.extend_from_slice(&scratch[used..n]);
+                    })
+                } else {
+                    rs.partial.extend_from_slice(&scratch[..n]);
+                    decode_all(&mut rs.decoder, &rs.partial, out).map(|used| {
+                        rs.partial.drain(..used);
+                        if rs.partial.is_empty() && rs.partial.capacity() > KEEP_CAPACITY {
+                            rs.partial = Vec::new();
+                        }
+                    })
+                };
+                if let Err(e) = result {
+                    return ReadStatus::Closed(self.protocol_violation(e));
+                }
+                if n < scratch.len() {
+                    // A short read drained the socket; new data raises a new event.
+                    return ReadStatus::Open;
+                }
+            }
+        })
+    }
+
+    /// Answers a violation where the msgid is known; the connection then closes.
+    fn protocol_violation(&self, e: DecodeError) -> Error {
+        if let DecodeError::Invalid {
+            msgid: Some(msgid), ..
+        } = &e
+        {
+            let obj = Error::error_object(ERROR_CODE_VALIDATION, e.to_string());
+            let _ = self.send(Some(Instant::now() + Duration::from_secs(1)), |out| {
+                codec::encode_response(out, *msgid, &obj, &Value::Nil)
+            });
+            self.flush_for(Duration::from_secs(1));
+        }
+        Error::Protocol(e.to_string())
+    }
+
+    /// Completes replies and dispatches requests and notifications.
+    fn process(self: &Arc<Self>, batch: Vec<Message>) {
+        for msg in batch {
+            match msg {
+                Message::Response {
+                    msgid,
+                    error,
+                    result,
+                } => {
+                    let slot = lock(&self.pending).take(msgid);
+                    if let Some(slot) = slot {
+                        slot.complete(if error.is_nil() {
+                            Ok(result)
+                        } else {
+                            Err(Error::Remote(error))
+                        });
+                    }
+                }
+                Message::Request {
+                    msgid,
+                    method,
+                    params,
+                } => self.dispatch_request(msgid, method, params),
+                Message::Notification { method, params } => {
+                    self.config.router.dispatch_notification(Notification {
+                        method,
+                        params,
+                        peer: Peer::new(self.clone()),
+                    })
+                }
+            }
+        }
+    }
+
+    fn dispatch_request(self: &Arc<Self>, msgid: u32, method: String, params: Vec<Value>) {
+        let refuse = |msg: String| {
+            let obj = Error::error_object(crate::error::ERROR_CODE_EXCEPTION, msg);
+            let _ = self.send(None, |out| {
+                codec::encode_response(out, msgid, &obj, &Value::Nil)
+            });
+        };
+        if let Some(server) = &self.config.server {
+            if !server.begin_request() {
+                return refuse("the server is shutting down".into());
+            }
+        }
+        let limit = self.config.limits.max_in_flight;
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.finish_request();
+            return refuse(format!(
+                "limit exceeded: {limit} requests already in flight on this connection"
+            ));
+        }
+        let request = Request {
+            method,
+            params,
+            responder: Responder::new(self.clone(), msgid),
+            peer: Peer::new(self.clone()),
+        };
+        self.config.router.dispatch_request(request);
+    }
+
+    /// Sends the reply to one request (called once per request, by its Responder).
+    pub(crate) fn respond(&self, msgid: u32, error: &Value, result: &Value) {
+        let _ = self.send(
+            self.config.call_timeout.map(|t| Instant::now() + t),
+            |out| codec::encode_response(out, msgid, error, result),
+        );
+        self.finish_request();
+    }
+
+    fn finish_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(server) = &self.config.server {
+            server.end_request();
+        }
+    }
+
+    // ---- calls --------------------------------------------------------------
+
+    /// Registers a call and sends its request.
+    pub(crate) fn start_call(
+        &self,
+        method: &str,
+        params: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<(u32, Arc<CallSlot>)> {
+        let slot = CallSlot::new();
+        let msgid = lock(&self.pending).insert(slot.clone())?;
+        if let Err(e) = self.send(deadline, |out| {
+            codec::encode_request(out, msgid, method, params)
+        }) {
+            lock(&self.pending).take(msgid);
+            return Err(e);
+        }
+        Ok((msgid, slot))
+    }
+
+    pub(crate) fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
+        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+        self.send(deadline, |out| {
+            codec::encode_notification(out, method, params)
+        })
+    }
+
+    /// Forgets a call (timed out, or its handle was dropped).
+    pub(crate) fn cancel(&self, msgid: u32) {
+        lock(&self.pending).take(msgid);
+    }
+
+    /// Expires a call whose deadline passed, if it is still pending.
+    pub(crate) fn expire(&self, msgid: u32) {
+        let slot = lock(&self.pending).take(msgid);
+        if let Some(slot) = slot {
+            slot.complete(Err(Error::Timeout));
+        }
+    }
+
+    /// Waits for a reply until `until`; `None` if it has not come by then.
+    ///
+    /// Without a reactor, the waiting thread reads the socket itself when no
+    /// other thread does (leader), or waits to be handed the reply or the
+    /// reading role (follower).
+    pub(crate) fn wait_reply_until(
+        self: &Arc<Self>,
+        slot: &CallSlot,
+        until: Option<Instant>,
+    ) -> Option<Result<Value>> {
+        let mut led = false;
+        let outcome = loop {
+            if let Some(r) = slot.try_take() {
+                break Some(r);
+            }
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                break None;
+            }
+            if self.reactor.get().is_none() {
+                if let Ok(guard) = self.read.try_lock() {
+                    led = true;
+                    self.lead_once(guard, until);
+                    continue;
+                }
+            }
+            let recheck = now + FOLLOWER_RECHECK;
+            slot.wait(until.map_or(recheck, |u| u.min(recheck)));
+        };
+        if led {
+            lock(&self.pending).promote_one();
+        }
+        outcome
+    }
+
+    /// Waits for the reply to `msgid` until `deadline`, then gives up on it.
+    pub(crate) fn wait_reply(
+        self: &Arc<Self>,
+        msgid: u32,
+        slot: &CallSlot,
+        deadline: Option<Instant>,
+    ) -> Result<Value> {
+        match self.wait_reply_until(slot, deadline) {
+            Some(r) => r,
+            None => {
+                self.cancel(msgid);
+                // The reply may have landed between the last look and the cancel.
+                slot.try_take().unwrap_or(Err(Error::Timeout))
+            }
+        }
+    }
+
+    /// One round as the reading thread: wait for the socket, then read and process.
+    fn lead_once<'a>(
+        self: &'a Arc<Self>,
+        guard: MutexGuard<'a, ReadState>,
+        until: Option<Instant>,
+    ) {
+        let want_write = lock(&self.write).pending();
+        let events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
+        let revents = poll_fd_events(self.fd(), events, until);
+        if revents & libc::POLLOUT != 0 {
+            self.on_writable();
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            self.pump(guard);
+        }
+    }
+
+    // ---- closing ------------------------------------------------------------
+
+    fn closed_error(&self) -> Error {
+        lock(&self.pending)
+            .closed_reason()
+            .unwrap_or_else(|| Error::ConnectionLost("connection closed".into()))
+    }
+
+    /// Closes the connection; every pending call fails with `reason`.
+    pub(crate) fn close(&self, reason: Error) {
+        let slots = lock(&self.pending).close(reason.clone());
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.stream.shutdown();
+        for slot in slots {
+            slot.complete(Err(reason.clone()));
+        }
+        if let Some(r) = self.reactor.get() {
+            r.remove_conn(self.id);
+        }
+    }
+
+    pub(crate) fn pending_calls(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let slots = lock(&self.pending).close(Error::Closed);
+        for slot in slots {
+            slot.complete(Err(Error::Closed));
+        }
+    }
+}
+
+fn decode_all(
+    dec: &mut Decoder,
+    data: &[u8],
+    out: &mut Vec<Message>,
+) -> Result<usize, DecodeError> {
+    let mut used = 0;
+    while used < data.len() {
+        match dec.decode(&data[used..])? {
+            Some((msg, n)) => {
+                out.push(msg);
+                used += n;
+            }
+            None => break,
+        }
+    }
+    Ok(used)
+}
+
+/// Waits until `fd` has one of `events` or `until` passes; true if it has.
+pub(crate) fn poll_fd(fd: std::os::fd::RawFd, events: i16, until: Option<Instant>) -> bool {
+    poll_fd_events(fd, events, until) != 0
+}
+
+fn poll_fd_events(fd: std::os::fd::RawFd, events: i16, until: Option<Instant>) -> i16 {
+    let timeout_ms = match until {
+        None => -1,
+        Some(u) => {
+            let left = u.saturating_duration_since(Instant::now());
+            // Round up so that a wait never ends just before its deadline.
+            (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
+        }
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc > 0 {
+        pfd.revents
+    } else {
+        0
+    }
+}

@@ -1,0 +1,263 @@
+//! Handlers: the method registry, and the responder that answers a request once.
+//!
+//! A [`Router`] maps method names to handlers. Each handler says where it runs:
+//! [`Execution::Pool`] (the default for requests) on a worker thread, so that a
+//! slow handler never delays other calls; [`Execution::Inline`] on the thread that
+//! read the message, for short non-blocking handlers and for handlers that answer
+//! later through their [`Responder`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::conn::Conn;
+use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
+use crate::peer::Peer;
+use crate::pool::Pool;
+use crate::Value;
+
+/// Where a handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// On the thread that read the message: no hand-off, but it must not block.
+    Inline,
+    /// On the worker pool: may block for as long as it likes.
+    Pool,
+}
+
+/// An incoming request: what was asked, who asked, and how to answer.
+pub struct Request {
+    pub method: String,
+    pub params: Vec<Value>,
+    /// The connection the request came on; handlers may call back through it.
+    pub peer: Peer,
+    /// Answers the request, now or later, from any thread.
+    pub responder: Responder,
+}
+
+/// An incoming notification (no answer is expected).
+pub struct Notification {
+    pub method: String,
+    pub params: Vec<Value>,
+    pub peer: Peer,
+}
+
+type RequestFn = Arc<dyn Fn(Request) + Send + Sync>;
+type NotificationFn = Arc<dyn Fn(Notification) + Send + Sync>;
+
+/// The handlers of a server or client.
+#[derive(Clone, Default)]
+pub struct Router {
+    methods: HashMap<String, (RequestFn, Execution)>,
+    fallback: Option<(RequestFn, Execution)>,
+    notifications: HashMap<String, (NotificationFn, Execution)>,
+    notification_fallback: Option<(NotificationFn, Execution)>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// True when no handler at all is registered.
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty()
+            && self.fallback.is_none()
+            && self.notifications.is_empty()
+            && self.notification_fallback.is_none()
+    }
+
+    /// Registers a handler with full control: it gets the [`Request`] and must
+    /// answer through `request.responder` (dropping it unanswered sends an error).
+    pub fn register(
+        &mut self,
+        name: &str,
+        execution: Execution,
+        handler: impl Fn(Request) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.methods
+            .insert(name.to_owned(), (Arc::new(handler), execution));
+        self
+    }
+
+    /// Handles every method that has no handler of its own (default: an error reply).
+    pub fn fallback(
+        &mut self,
+        execution: Execution,
+        handler: impl Fn(Request) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.fallback = Some((Arc::new(handler), execution));
+        self
+    }
+
+    /// A handler over dynamic values, run on the pool.
+    pub fn method(
+        &mut self,
+        name: &str,
+        f: impl Fn(Vec<Value>) -> Result<Value, Error> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.register(name, Execution::Pool, move |req| {
+            req.responder.respond(f(req.params))
+        })
+    }
+
+    /// A handler over dynamic values, run inline: it must be quick and never block.
+    pub fn method_inline(
+        &mut self,
+        name: &str,
+        f: impl Fn(Vec<Value>) -> Result<Value, Error> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.register(name, Execution::Inline, move |req| {
+            req.responder.respond(f(req.params))
+        })
+    }
+
+    /// A typed handler: the params array is deserialized into `A` (a tuple, or a
+    /// struct read as a sequence) and the result serialized. Runs where `execution` says.
+    pub fn typed<A, R, F>(&mut self, name: &str, execution: Execution, f: F) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Result<R, Error> + Send + Sync + 'static,
+    {
+        let method = name.to_owned();
+        self.register(name, execution, move |req| {
+            let args: A = match rmpv::ext::from_value(Value::Array(req.params)) {
+                Ok(a) => a,
+                Err(e) => {
+                    return req.responder.error(Error::error_object(
+                        ERROR_CODE_VALIDATION,
+                        format!("invalid arguments for {method}: {e}"),
+                    ))
+                }
+            };
+            let result = f(args).and_then(|r| {
+                rmpv::ext::to_value(r).map_err(|e| Error::Serialization(e.to_string()))
+            });
+            req.responder.respond(result)
+        })
+    }
+
+    /// A notification handler (inline by default, so notifications are seen in
+    /// arrival order; pass `Execution::Pool` for slow ones).
+    pub fn notification(
+        &mut self,
+        name: &str,
+        execution: Execution,
+        f: impl Fn(Notification) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.notifications
+            .insert(name.to_owned(), (Arc::new(f), execution));
+        self
+    }
+
+    /// Handles notifications no other handler takes (default: ignored).
+    pub fn notification_fallback(
+        &mut self,
+        execution: Execution,
+        f: impl Fn(Notification) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.notification_fallback = Some((Arc::new(f), execution));
+        self
+    }
+
+    pub(crate) fn dispatch_request(&self, req: Request) {
+        let entry = self.methods.get(&req.method).or(self.fallback.as_ref());
+        let Some((handler, execution)) = entry else {
+            let msg = format!("unknown method: {}", req.method);
+            return req
+                .responder
+                .error(Error::error_object(ERROR_CODE_VALIDATION, msg));
+        };
+        run(handler.clone(), *execution, req);
+    }
+
+    pub(crate) fn dispatch_notification(&self, n: Notification) {
+        let entry = self
+            .notifications
+            .get(&n.method)
+            .or(self.notification_fallback.as_ref());
+        if let Some((handler, execution)) = entry {
+            run(handler.clone(), *execution, n);
+        }
+    }
+}
+
+fn run<T: Send + 'static>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution, arg: T) {
+    match execution {
+        Execution::Inline => {
+            // A panicking handler must not take the I/O thread down; the
+            // request's Responder, dropped while unwinding, sends an error reply.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg)));
+        }
+        Execution::Pool => Pool::global().execute(Box::new(move || handler(arg))),
+    }
+}
+
+/// Answers one request, exactly once, from any thread.
+///
+/// Dropping it without answering sends an error reply, so a caller never waits
+/// for an answer that will not come.
+pub struct Responder {
+    conn: Option<Arc<Conn>>,
+    msgid: u32,
+}
+
+impl Responder {
+    pub(crate) fn new(conn: Arc<Conn>, msgid: u32) -> Responder {
+        Responder {
+            conn: Some(conn),
+            msgid,
+        }
+    }
+
+    /// The request's msgid.
+    pub fn msgid(&self) -> u32 {
+        self.msgid
+    }
+
+    /// Answers with a result.
+    pub fn ok(mut self, result: Value) {
+        self.send(&Value::Nil, &result);
+    }
+
+    /// Answers with an error object, sent as is (foorpc's own shape is `[code, message]`).
+    /// A nil error object would read as success, so it is replaced by a generic error.
+    pub fn error(mut self, error: Value) {
+        let error = if error.is_nil() {
+            Error::error_object(ERROR_CODE_EXCEPTION, "error")
+        } else {
+            error
+        };
+        self.send(&error, &Value::Nil);
+    }
+
+    /// Answers with a handler's result: `Err(e)` becomes `e.to_error_object()`.
+    pub fn respond(self, result: Result<Value, Error>) {
+        match result {
+            Ok(v) => self.ok(v),
+            Err(e) => self.error(e.to_error_object()),
+        }
+    }
+
+    fn send(&mut self, error: &Value, result: &Value) {
+        if let Some(conn) = self.conn.take() {
+            conn.respond(self.msgid, error, result);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.conn.is_some() {
+            let msg = if std::thread::panicking() {
+                "the handler panicked"
+            } else {
+                "the handler dropped the request without answering"
+            };
+            self.send(&Error::error_object(ERROR_CODE_EXCEPTION, msg), &Value::Nil);
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! foorpc: a MessagePack-RPC runtime for Rust, C and Python programs.
+//!
+//! The wire format is the public MessagePack-RPC specification, so foorpc
+//! talks to any msgpack-rpc peer. Either side of a connection may call the
+//! other.
+//!
+//! ```no_run
+//! use foorpc::{Client, Execution, Router, Server};
+//!
+//! let mut router = Router::new();
+//! router.typed("add", Execution::Inline, |(a, b): (i64, i64)| Ok(a + b));
+//! let server = Server::builder().router(router).bind("tcp://127.0.0.1:0")?.start()?;
+//!
+//! let client = Client::connect(&server.local_addr().to_string())?;
+//! let sum: i64 = client.call("add", (1, 2))?;
+//! assert_eq!(sum, 3);
+//! # Ok::<(), foorpc::Error>(())
+//! ```
+//!
+//! # Layout
+//! Each layer knows only the ones below it:
+//! - [`value`](Value) and [`message`]: the dynamic value (rmpv's, which keeps
+//!   exact MessagePack types) and the three message kinds;
+//! - [`codec`]: encoding, and an incremental decoder with limits;
+//! - `transport`: TCP and Unix sockets and addresses;
+//! - `conn`: one connection: buffers, calls in flight, dispatch; read either by
+//!   waiting callers (leader/followers) or by a reactor;
+//! - `reactor`: the mio event loop and timers;
+//! - `pending`: msgid allocation and reply slots;
+//! - [`dispatch`]: handlers, the worker pool, the exactly-once [`Responder`];
+//! - [`Client`], [`Peer`], [`Server`]: the public handles.
+
+mod client;
+pub mod codec;
+mod conn;
+pub mod dispatch;
+pub mod error;
+mod fork;
+pub mod limits;
+pub mod message;
+mod peer;
+mod pending;
+mod pool;
+mod reactor;
+mod server;
+pub mod transport;
+
+pub use client::{Client, ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+pub use dispatch::{Execution, Notification, Request, Responder, Router};
+pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
+pub use limits::Limits;
+pub use message::Message;
+pub use peer::{from_value, to_params, Peer, PendingCall};
+pub use rmpv::Value;
+pub use server::{Server, ServerBuilder, DEFAULT_DRAIN_TIMEOUT};
+pub use transport::Address;

@@ -1,0 +1,248 @@
+//! The calling side of a connection, shared by clients and by handlers that
+//! call back into the peer that called them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::pending::CallSlot;
+use crate::reactor::ReactorHandle;
+use crate::Value;
+
+/// A handle to one connection, for calling and notifying the other side.
+///
+/// Cheap to clone and usable from many threads at once: calls are pipelined on
+/// the connection and matched to their replies by msgid.
+#[derive(Clone)]
+pub struct Peer {
+    conn: Arc<Conn>,
+}
+
+/// Converts typed arguments into a params array (a tuple gives one param per field).
+pub fn to_params(args: impl Serialize) -> Result<Vec<Value>> {
+    match rmpv::ext::to_value(args).map_err(|e| Error::Serialization(e.to_string()))? {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        single => Ok(vec![single]),
+    }
+}
+
+/// Converts a result value into `R`.
+pub fn from_value<R: DeserializeOwned>(value: Value) -> Result<R> {
+    rmpv::ext::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+impl Peer {
+    pub(crate) fn new(conn: Arc<Conn>) -> Peer {
+        Peer { conn }
+    }
+
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    /// A number that identifies this connection within the process.
+    pub fn id(&self) -> u64 {
+        self.conn.id()
+    }
+
+    /// The timeout used by calls that do not give one (None: wait for ever).
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.conn.call_timeout()
+    }
+
+    /// Calls `method` with typed arguments (a tuple) and the default timeout.
+    pub fn call<R: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Result<R> {
+        self.call_timeout(method, args, self.default_timeout())
+    }
+
+    /// Calls `method` with typed arguments, waiting at most `timeout` for the reply.
+    pub fn call_timeout<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        timeout: Option<Duration>,
+    ) -> Result<R> {
+        let params = to_params(args)?;
+        from_value(self.call_value(method, &params, timeout)?)
+    }
+
+    /// Calls `method` with dynamic params, waiting at most `timeout` (None: for ever).
+    pub fn call_value(
+        &self,
+        method: &str,
+        params: &[Value],
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        self.conn.check_usable(true)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (msgid, slot) = self.conn.start_call(method, params, deadline)?;
+        self.conn.wait_reply(msgid, &slot, deadline)
+    }
+
+    /// Sends a request and returns at once; the reply is collected through the
+    /// returned handle (wait, poll, callback or `.await`). `timeout` bounds it.
+    pub fn call_async(
+        &self,
+        method: &str,
+        params: &[Value],
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall> {
+        self.conn.check_usable(false)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (msgid, slot) = self.conn.start_call(method, params, deadline)?;
+        Ok(PendingCall {
+            conn: self.conn.clone(),
+            slot,
+            msgid,
+            deadline,
+            timer_armed: false,
+            finished: false,
+        })
+    }
+
+    /// Sends a notification (no reply).
+    pub fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
+        self.conn.check_usable(false)?;
+        self.conn.notify(method, params)
+    }
+
+    /// Closes the connection; pending calls fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.conn.close(Error::Closed);
+    }
+
+    /// True once the connection is closed (by either side).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Calls in flight on this connection.
+    pub fn pending_calls(&self) -> usize {
+        self.conn.pending_calls()
+    }
+}
+
+/// A call whose reply has not been collected yet.
+///
+/// Dropping it forgets the call (a late reply is ignored).
+pub struct PendingCall {
+    conn: Arc<Conn>,
+    slot: Arc<CallSlot>,
+    msgid: u32,
+    deadline: Option<Instant>,
+    timer_armed: bool,
+    finished: bool,
+}
+
+impl PendingCall {
+    /// The request's msgid.
+    pub fn msgid(&self) -> u32 {
+        self.msgid
+    }
+
+    /// Blocks until the reply arrives or the call's timeout passes.
+    pub fn wait(mut self) -> Result<Value> {
+        self.finished = true;
+        if let Err(e) = self.conn.check_usable(true) {
+            self.conn.cancel(self.msgid);
+            return Err(e);
+        }
+        self.conn.wait_reply(self.msgid, &self.slot, self.deadline)
+    }
+
+    /// Waits at most `wait` (zero: just look); `None` if the reply is not there yet.
+    /// After it returns `Some`, the handle is spent.
+    pub fn wait_for(&mut self, wait: Duration) -> Option<Result<Value>> {
+        if self.finished {
+            return Some(Err(Error::Usage(
+                "the call's result was already taken".into(),
+            )));
+        }
+        if self.conn.reactor().is_some_and(|r| r.is_current_thread()) && !wait.is_zero() {
+            return Some(Err(Error::Usage(
+                "waiting on the I/O thread would deadlock".into(),
+            )));
+        }
+        let until = Instant::now() + wait;
+        let limit = self.deadline.map_or(until, |d| d.min(until));
+        let outcome = match self.conn.wait_reply_until(&self.slot, Some(limit)) {
+            Some(r) => Some(r),
+            None if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                self.conn.cancel(self.msgid);
+                Some(self.slot.try_take().unwrap_or(Err(Error::Timeout)))
+            }
+            None => None,
+        };
+        if outcome.is_some() {
+            self.finished = true;
+        }
+        outcome
+    }
+
+    /// Runs `f` with the outcome once it is known, on the I/O thread that
+    /// received it (or right here if it is already known). `f` must be quick.
+    pub fn on_complete(mut self, f: impl FnOnce(Result<Value>) + Send + 'static) {
+        self.finished = true;
+        if let Err(e) = self.drive_in_background() {
+            self.conn.cancel(self.msgid);
+            return f(Err(e));
+        }
+        self.slot.set_callback(Box::new(f));
+    }
+
+    /// Makes sure some thread reads the reply and enforces the deadline even
+    /// when nobody waits on the handle.
+    fn drive_in_background(&mut self) -> Result<()> {
+        if self.conn.reactor().is_none() {
+            self.conn.attach_reactor(&ReactorHandle::client_reactor()?);
+        }
+        if let (Some(deadline), false) = (self.deadline, self.timer_armed) {
+            self.timer_armed = true;
+            if let Some(r) = self.conn.reactor() {
+                r.add_timer(deadline, Arc::downgrade(&self.conn), self.msgid);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Future for PendingCall {
+    type Output = Result<Value>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(Err(Error::Usage(
+                "the call's result was already taken".into(),
+            )));
+        }
+        if let Err(e) = this.drive_in_background() {
+            this.finished = true;
+            this.conn.cancel(this.msgid);
+            return Poll::Ready(Err(e));
+        }
+        match this.slot.set_waker(cx.waker()) {
+            Some(r) => {
+                this.finished = true;
+                Poll::Ready(r)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.finished && self.slot.is_waiting() {
+            self.conn.cancel(self.msgid);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Calls waiting for their replies: the msgid allocator and the in-flight table.
+//!
+//! A [`CallSlot`] is where a reply lands. It wakes whoever waits on it: a thread
+//! blocked in a synchronous call, a `Future`'s waker, or a completion callback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::Value;
+
+/// A completion callback; runs once, on the thread that completes the call.
+pub(crate) type Callback = Box<dyn FnOnce(Result<Value>) + Send>;
+
+enum Outcome {
+    Waiting,
+    Ready(Result<Value>),
+    Taken,
+}
+
+struct SlotState {
+    outcome: Outcome,
+    /// A thread is blocked in [`CallSlot::wait`].
+    thread_waiting: bool,
+    /// The reading role was handed to the waiting thread.
+    promoted: bool,
+    waker: Option<Waker>,
+    callback: Option<Callback>,
+}
+
+/// Where one call's reply lands.
+pub(crate) struct CallSlot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+/// Why [`CallSlot::wait`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The outcome is ready (or the deadline passed, or the cap elapsed): look again.
+    Look,
+    /// Another thread handed over the reading role: try to lead.
+    Promoted,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (each
+    // critical section is a few assignments), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CallSlot {
+    pub(crate) fn new() -> Arc<CallSlot> {
+        Arc::new(CallSlot {
+            state: Mutex::new(SlotState {
+                outcome: Outcome::Waiting,
+                thread_waiting: false,
+                promoted: false,
+                waker: None,
+                callback: None,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Delivers the outcome; later deliveries are ignored.
+    pub(crate) fn complete(&self, result: Result<Value>) {
+        let mut st = lock(&self.state);
+        if !matches!(st.outcome, Outcome::Waiting) {
+            return;
+        }
+        if let Some(cb) = st.callback.take() {
+            st.outcome = Outcome::Taken;
+            drop(st);
+            cb(result);
+            return;
+        }
+        st.outcome = Outcome::Ready(result);
+        let waker = st.waker.take();
+        let thread_waiting = st.thread_waiting;
+        drop(st);
+        if thread_waiting {
+            self.cv.notify_one();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes the outcome if it is there.
+    pub(crate) fn try_take(&self) -> Option<Result<Value>> {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut st.outcome, Outcome::Taken) {
+            Outcome::Ready(r) => Some(r),
+            other => {
+                st.outcome = other;
+                None
+            }
+        }
+    }
+
+    pub(crate) fn is_waiting(&self) -> bool {
+        matches!(lock(&self.state).outcome, Outcome::Waiting)
+    }
+
+    /// Blocks until the outcome is ready, the reading role is handed over, or `until`.
+    pub(crate) fn wait(&self, until: Instant) -> Wake {
+        let mut st = lock(&self.state);
+        st.thread_waiting = true;
+        loop {
+            if !matches!(st.outcome, Outcome::Waiting) {
+                break;
+            }
+            if std::mem::take(&mut st.promoted) {
+                st.thread_waiting = false;
+                return Wake::Promoted;
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        st.thread_waiting = false;
+        Wake::Look
+    }
+
+    /// Hands the reading role to the thread waiting here; false if none waits.
+    fn promote(&self) -> bool {
+        let mut st = lock(&self.state);
+        if !st.thread_waiting || !matches!(st.outcome, Outcome::Waiting) {
+            return false;
+        }
+        st.promoted = true;
+        drop(st);
+        self.cv.notify_one();
+        true
+    }
+
+    /// Registers a waker; returns the outcome instead when it is already there.
+    pub(crate) fn set_waker(&self, waker: &Waker) -> Option<Result<Value>> {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut st.outcome, Outcome::Taken) {
+            Outcome::Ready(r) => Some(r),
+            Outcome::Waiting => {
+                st.outcome = Outcome::Waiting;
+                st.waker = Some(waker.clone());
+                None
+            }
+            Outcome::Taken => Some(Err(Error::Usage(
+                "the call's result was already taken".into(),
+            ))),
+        }
+    }
+
+    /// Registers a callback; runs it at once when the outcome is already there.
+    pub(crate) fn set_callback(&self, cb: Callback) {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut st.outcome, Outcome::Taken) {
+            Outcome::Ready(r) => {
+                drop(st);
+                cb(r);
+            }
+            Outcome::Waiting => {
+                st.outcome = Outcome::Waiting;
+                st.callback = Some(cb);
+            }
+            Outcome::Taken => {}
+        }
+    }
+}
+
+/// The in-flight table of one connection.
+pub(crate) struct Pending {
+    calls: HashMap<u32, Arc<CallSlot>>,
+    next_id: u32,
+    max: usize,
+    closed: Option<Error>,
+}
+
+impl Pending {
+    pub(crate) fn new(max: usize) -> Pending {
+        Pending {
+            calls: HashMap::new(),
+            next_id: 0,
+            max,
+            closed: None,
+        }
+    }
+
+    /// Allocates a msgid (wrapping at u32, skipping ids still in flight) for `slot`.
+    pub(crate) fn insert(&mut self, slot: Arc<CallSlot>) -> Result<u32> {
+        if let Some(e) = &self.closed {
+            return Err(e.clone());
+        }
+        if self.calls.len() >= self.max {
+            return Err(Error::LimitExceeded(format!(
+                "{} calls already in flight on this connection",
+                self.max
+            )));
+        }
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.calls.entry(id) {
+                v.insert(slot);
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Removes and returns the call with this msgid (reply arrived, expired or cancelled).
+    pub(crate) fn take(&mut self, msgid: u32) -> Option<Arc<CallSlot>> {
+        self.calls.remove(&msgid)
+    }
+
+    /// Marks the table closed and returns every pending call, for the caller to fail.
+    pub(crate) fn close(&mut self, reason: Error) -> Vec<Arc<CallSlot>> {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+        self.calls.drain().map(|(_, s)| s).collect()
+    }
+
+    pub(crate) fn closed_reason(&self) -> Option<Error> {
+        self.closed.clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Hands the reading role to one thread blocked waiting for its reply.
+    pub(crate) fn promote_one(&self) {
+        for slot in self.calls.values() {
+            if slot.promote() {
+                return;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn set_next_id(&mut self, id: u32) {
+        self.next_id = id;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_wrap_and_skip_live_ones() {
+        let mut p = Pending::new(10);
+        p.set_next_id(u32::MAX);
+        assert_eq!(p.insert(CallSlot::new()).unwrap(), u32::MAX);
+        assert_eq!(p.insert(CallSlot::new()).unwrap(), 0);
+        assert_eq!(p.insert(CallSlot::new()).unwrap(), 1);
+        p.set_next_id(u32::MAX);
+        assert_eq!(p.insert(CallSlot::new()).unwrap(), 2);
+    }
+
+    #[test]
+    fn limit_and_close() {
+        let mut p = Pending::new(2);
+        let a = CallSlot::new();
+        p.insert(a.clone()).unwrap();
+        p.insert(CallSlot::new()).unwrap();
+        assert!(matches!(
+            p.insert(CallSlot::new()),
+            Err(Error::LimitExceeded(_))
+        ));
+        let all = p.close(Error::ConnectionLost("gone".into()));
+        assert_eq!(all.len(), 2);
+        assert!(matches!(
+            p.insert(CallSlot::new()),
+            Err(Error::ConnectionLost(_))
+        ));
+    }
+
+    #[test]
+    fn complete_once_and_callback() {
+        let s = CallSlot::new();
+        s.complete(Ok(Value::from(1)));
+        s.complete(Ok(Value::from(2)));
+        assert_eq!(s.try_take().unwrap().unwrap(), Value::from(1));
+        assert!(s.try_take().is_none());
+
+        let s = CallSlot::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.set_callback(Box::new(move |r| tx.send(r.unwrap()).unwrap()));
+        s.complete(Ok(Value::from(7)));
+        assert_eq!(rx.recv().unwrap(), Value::from(7));
+    }
+}

@@ -1,0 +1,241 @@
+//! The server: binds addresses, accepts connections on a reactor thread and
+//! dispatches requests to a [`Router`]'s handlers; shuts down gracefully.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::conn::ConnConfig;
+use crate::dispatch::Router;
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::reactor::{Acceptor, ReactorHandle};
+use crate::transport::{Address, Listener};
+
+/// How long a graceful shutdown waits for in-flight calls by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by a server and its connections: counts requests being handled so
+/// that shutdown can wait for them.
+pub(crate) struct ServerState {
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+    draining: AtomicBool,
+}
+
+impl ServerState {
+    /// Counts a new request; false once the server is shutting down.
+    pub(crate) fn begin_request(&self) -> bool {
+        if self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        true
+    }
+
+    pub(crate) fn end_request(&self) {
+        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            n = self
+                .idle
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Options and addresses for a [`Server`].
+pub struct ServerBuilder {
+    router: Router,
+    limits: Limits,
+    call_timeout: Option<Duration>,
+    drain_timeout: Duration,
+    listeners: Vec<Listener>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            router: Router::new(),
+            limits: Limits::default(),
+            call_timeout: Some(crate::client::DEFAULT_CALL_TIMEOUT),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The handlers to serve.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Default timeout of calls that handlers make back to their clients.
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long [`Server::shutdown`] waits for in-flight calls.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Binds `tcp://host:port` (port 0: any free port) or `unix:///path`, now,
+    /// so that errors show here and the real port is known before `start`.
+    pub fn bind(mut self, address: &str) -> Result<Self> {
+        self.listeners
+            .push(Listener::bind(&Address::parse(address)?)?);
+        Ok(self)
+    }
+
+    /// Starts serving in the background; the returned [`Server`] controls it.
+    pub fn start(self) -> Result<Server> {
+        if self.listeners.is_empty() {
+            return Err(Error::Usage(
+                "bind at least one address before start".into(),
+            ));
+        }
+        let addrs = self
+            .listeners
+            .iter()
+            .map(Listener::local_address)
+            .collect::<Result<Vec<_>>>()?;
+        let state = Arc::new(ServerState {
+            in_flight: Mutex::new(0),
+            idle: Condvar::new(),
+            draining: AtomicBool::new(false),
+        });
+        let acceptor = Acceptor {
+            config: ConnConfig {
+                limits: self.limits,
+                call_timeout: self.call_timeout,
+                router: Arc::new(self.router),
+                server: Some(state.clone()),
+            },
+        };
+        let (reactor, thread) = ReactorHandle::start("foorpc-server", Some(acceptor))?;
+        let listeners = self.listeners;
+        reactor
+            .run_sync(move |core| listeners.into_iter().try_for_each(|l| core.add_listener(l)))
+            .ok_or(Error::Closed)??;
+        Ok(Server {
+            state,
+            reactor,
+            addrs,
+            drain_timeout: self.drain_timeout,
+            thread: Mutex::new(Some(thread)),
+            done: (Mutex::new(false), Condvar::new()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A running server. Dropping it shuts it down gracefully.
+pub struct Server {
+    state: Arc<ServerState>,
+    reactor: ReactorHandle,
+    addrs: Vec<Address>,
+    drain_timeout: Duration,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    done: (Mutex<bool>, Condvar),
+    shutting_down: AtomicBool,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The addresses bound, in `bind` order, with real ports.
+    pub fn local_addrs(&self) -> &[Address] {
+        &self.addrs
+    }
+
+    /// The first address bound.
+    pub fn local_addr(&self) -> &Address {
+        &self.addrs[0]
+    }
+
+    /// Connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.reactor
+            .run_sync(|core| core.connections().len())
+            .unwrap_or(0)
+    }
+
+    /// Shuts down gracefully: stop accepting, let in-flight calls finish (new
+    /// requests get an error reply) for up to the drain timeout, flush
+    /// replies, close every connection. Blocks until done; safe to call twice
+    /// and from any thread (from a handler running on the I/O thread it only
+    /// starts the shutdown).
+    pub fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return self.wait();
+        }
+        if self.reactor.is_current_thread() {
+            let (reactor, state, drain) =
+                (self.reactor.clone(), self.state.clone(), self.drain_timeout);
+            std::thread::spawn(move || drain_and_stop(&reactor, &state, drain));
+            return;
+        }
+        drain_and_stop(&self.reactor, &self.state, self.drain_timeout);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        let (lock, cv) = &self.done;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Blocks until the server has shut down (run in the foreground).
+    pub fn wait(&self) {
+        let (lock, cv) = &self.done;
+        let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            done = cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn drain_and_stop(reactor: &ReactorHandle, state: &ServerState, drain: Duration) {
+    reactor.run_sync(|core| core.close_listeners());
+    state.draining.store(true, Ordering::Release);
+    state.wait_idle(drain);
+    let conns = reactor
+        .run_sync(|core| core.connections())
+        .unwrap_or_default();
+    for conn in &conns {
+        conn.flush_for(Duration::from_secs(1));
+    }
+    reactor.run_sync(|core| core.stop());
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
