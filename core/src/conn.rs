@@ -181,7 +181,7 @@ impl Conn {
     /// Without a reactor, a full socket is waited on here until `deadline`, as
     /// a blocking socket would; with one, the reactor finishes the write.
     pub(crate) fn send(
-        &self,
+        self: &Arc<Self>,
         deadline: Option<Instant>,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
@@ -197,7 +197,10 @@ impl Conn {
         match self.flush_locked(&mut w) {
             Ok(true) => Ok(()),
             Ok(false) if self.reactor.get().is_some() => Ok(()),
-            Ok(false) => self.flush_blocking(w, deadline),
+            Ok(false) => {
+                drop(w);
+                self.drive_writes(deadline)
+            }
             Err(e) => {
                 drop(w);
                 let err = Error::ConnectionLost(format!("write failed: {e}"));
@@ -225,27 +228,47 @@ impl Conn {
         Ok(true)
     }
 
-    fn flush_blocking(
-        &self,
-        mut w: MutexGuard<'_, WriteState>,
-        deadline: Option<Instant>,
-    ) -> Result<()> {
+    /// Without a reactor, finishes a write the socket could not take at once.
+    ///
+    /// The peer may itself be blocked writing replies to us, so while waiting
+    /// to write, this thread also reads when no other thread is reading;
+    /// otherwise both sides could wait on each other for ever.
+    fn drive_writes(self: &Arc<Self>, deadline: Option<Instant>) -> Result<()> {
+        const SLICE: Duration = Duration::from_millis(50);
         loop {
-            if !poll_fd(self.fd(), libc::POLLOUT, deadline) {
-                drop(w);
+            {
+                let mut w = lock(&self.write);
+                match self.flush_locked(&mut w) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => {
+                        drop(w);
+                        let err = Error::ConnectionLost(format!("write failed: {e}"));
+                        self.close(err.clone());
+                        return Err(err);
+                    }
+                }
+            }
+            if self.reactor.get().is_some() {
+                return Ok(()); // the reactor finishes the write
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
                 // Part of a message may be on the wire: the stream cannot be resumed.
-                let err = Error::ConnectionLost("timed out writing to the peer".into());
-                self.close(err);
+                self.close(Error::ConnectionLost("timed out writing to the peer".into()));
                 return Err(Error::Timeout);
             }
-            match self.flush_locked(&mut w) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => {
-                    drop(w);
-                    let err = Error::ConnectionLost(format!("write failed: {e}"));
-                    self.close(err.clone());
-                    return Err(err);
+            let slice = Some(deadline.map_or(now + SLICE, |d| d.min(now + SLICE)));
+            match self.read.try_lock() {
+                Ok(guard) => {
+                    let revents =
+                        poll_fd_events(self.fd(), libc::POLLIN | libc::POLLOUT, slice);
+                    if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        self.pump(guard);
+                    }
+                }
+                Err(_) => {
+                    poll_fd(self.fd(), libc::POLLOUT, slice);
                 }
             }
         }
@@ -328,7 +351,7 @@ impl Conn {
     }
 
     /// Reads what the socket has and decodes every complete message into `out`.
-    fn read_batch(&self, rs: &mut ReadState, out: &mut Vec<Message>) -> ReadStatus {
+    fn read_batch(self: &Arc<Self>, rs: &mut ReadState, out: &mut Vec<Message>) -> ReadStatus {
         if self.is_closed() {
             return ReadStatus::Closed(self.closed_error());
         }
@@ -383,7 +406,7 @@ impl Conn {
     }
 
     /// Answers a violation where the msgid is known; the connection then closes.
-    fn protocol_violation(&self, e: DecodeError) -> Error {
+    fn protocol_violation(self: &Arc<Self>, e: DecodeError) -> Error {
         if let DecodeError::Invalid {
             msgid: Some(msgid), ..
         } = &e
@@ -460,7 +483,7 @@ impl Conn {
     }
 
     /// Sends the reply to one request (called once per request, by its Responder).
-    pub(crate) fn respond(&self, msgid: u32, error: &Value, result: &Value) {
+    pub(crate) fn respond(self: &Arc<Self>, msgid: u32, error: &Value, result: &Value) {
         let _ = self.send(
             self.config.call_timeout.map(|t| Instant::now() + t),
             |out| codec::encode_response(out, msgid, error, result),
@@ -479,7 +502,7 @@ impl Conn {
 
     /// Registers a call and sends its request.
     pub(crate) fn start_call(
-        &self,
+        self: &Arc<Self>,
         method: &str,
         params: &[Value],
         deadline: Option<Instant>,
@@ -495,7 +518,7 @@ impl Conn {
         Ok((msgid, slot))
     }
 
-    pub(crate) fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
+    pub(crate) fn notify(self: &Arc<Self>, method: &str, params: &[Value]) -> Result<()> {
         let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
         self.send(deadline, |out| {
             codec::encode_notification(out, method, params)

@@ -44,10 +44,6 @@ impl Peer {
         Peer { conn }
     }
 
-    pub(crate) fn conn(&self) -> &Arc<Conn> {
-        &self.conn
-    }
-
     /// A number that identifies this connection within the process.
     pub fn id(&self) -> u64 {
         self.conn.id()
@@ -127,6 +123,14 @@ impl Peer {
     /// Calls in flight on this connection.
     pub fn pending_calls(&self) -> usize {
         self.conn.pending_calls()
+    }
+
+    /// Forgets the call `msgid` if it is still pending: its reply, if one comes,
+    /// is ignored and its completion callback never runs. For calls whose
+    /// [`PendingCall`] was handed to [`PendingCall::on_complete`] and whose
+    /// caller lost interest (a cancelled asyncio task, for example).
+    pub fn cancel(&self, msgid: u32) {
+        self.conn.cancel(msgid);
     }
 }
 
