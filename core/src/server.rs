@@ -112,6 +112,14 @@ impl ServerBuilder {
         Ok(self)
     }
 
+    /// Adds a listener bound by the caller (see [`Listener::bind`]); the same
+    /// as [`ServerBuilder::bind`] for callers that keep the `Listener` until
+    /// they start the server (the C API reports its address before `start`).
+    pub fn listener(mut self, listener: Listener) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
     /// Starts serving in the background; the returned [`Server`] controls it.
     pub fn start(self) -> Result<Server> {
         if self.listeners.is_empty() {

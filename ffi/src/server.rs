@@ -1,0 +1,750 @@
+//! `foorpc_server_*`: serve C handlers; `foorpc_responder_*`: answer a request.
+//!
+//! A `foorpc_server` goes from building (register handlers, bind addresses)
+//! to running (`foorpc_server_start` or `foorpc_server_run`) to stopped
+//! (`foorpc_server_stop`). It wraps the core `ServerBuilder`, `Router` and
+//! `Server`; each C callback becomes a core handler that encodes the params
+//! array once and hands C a boxed `Responder`.
+
+use std::cell::Cell;
+use std::os::raw::{c_char, c_void};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use foorpc::transport::{Address, Listener};
+use foorpc::{Error, Execution, Notification, Request, Responder, Router, Server, Value};
+
+use crate::client::SendPtr;
+use crate::error::{fail, fail_with, foorpc_result};
+use crate::msgpack::decode_one;
+
+/// Flag for foorpc_server_register*: run the handler on foorpc's worker pool
+/// (the default, 0). It may block; handlers of concurrent requests run at the
+/// same time on different threads.
+pub const FOORPC_HANDLER_POOL: u32 = 0;
+/// Flag for foorpc_server_register*: run the handler on the server's I/O
+/// thread, where the request was read: no thread hand-off, but it must be
+/// quick and never block (no blocking foorpc calls, no sleeping). Use it for
+/// short handlers and for handlers that hand their responder to another
+/// thread to answer later. Inline notification handlers see notifications of
+/// one connection in arrival order.
+pub const FOORPC_HANDLER_INLINE: u32 = 1;
+
+/// Handles one request.
+///
+/// `userdata` is the pointer given at registration. `method`/`method_len`
+/// name the method called (NUL-terminated too, for convenience); `params`/
+/// `params_len` are the MessagePack encoding of the params array (read it
+/// with foorpc_reader). Both are borrowed: valid only until the callback
+/// returns.
+///
+/// `responder` is owned by the callback: answer exactly once with
+/// foorpc_responder_ok or foorpc_responder_error (which free it), now or
+/// later from any thread, or free it with foorpc_responder_free (which sends
+/// an error reply). It stays valid until then, even after the server stops.
+///
+/// Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
+/// threads at once for concurrent requests, or on the server's I/O thread
+/// (FOORPC_HANDLER_INLINE).
+pub type foorpc_handler_callback = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        method: *const c_char,
+        method_len: usize,
+        params: *const u8,
+        params_len: usize,
+        responder: *mut foorpc_responder,
+    ),
+>;
+
+/// Handles one notification (no answer is sent). Arguments and threads are
+/// as for foorpc_handler_callback, without a responder.
+pub type foorpc_notification_callback = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        method: *const c_char,
+        method_len: usize,
+        params: *const u8,
+        params_len: usize,
+    ),
+>;
+
+type HandlerFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const c_char,
+    usize,
+    *const u8,
+    usize,
+    *mut foorpc_responder,
+);
+type NotificationFn = unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const u8, usize);
+
+thread_local! {
+    /// True while an inline C handler runs on a server's I/O thread, where a
+    /// blocking stop would deadlock.
+    static IN_INLINE_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A MessagePack-RPC server with C handlers.
+///
+/// Thread-safe: any thread may call its functions, but handlers can only be
+/// registered and addresses bound before it starts.
+pub struct foorpc_server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    stopped: Condvar,
+}
+
+enum State {
+    Building {
+        router: Router,
+        listeners: Vec<Listener>,
+        addrs: Vec<Address>,
+    },
+    Running {
+        server: Arc<Server>,
+        addrs: Vec<Address>,
+    },
+    Stopping {
+        addrs: Vec<Address>,
+    },
+    Stopped {
+        addrs: Vec<Address>,
+    },
+}
+
+impl State {
+    fn addrs(&self) -> &[Address] {
+        match self {
+            State::Building { addrs, .. }
+            | State::Running { addrs, .. }
+            | State::Stopping { addrs }
+            | State::Stopped { addrs } => addrs,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the server has stopped.
+    fn wait_stopped(&self, mut st: MutexGuard<'_, State>) {
+        while !matches!(*st, State::Stopped { .. }) {
+            st = self.stopped.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn finish_stop(&self, server: Arc<Server>) {
+        server.shutdown();
+        drop(server);
+        let mut st = self.lock();
+        let addrs = std::mem::take(&mut *st).into_addrs();
+        *st = State::Stopped { addrs };
+        self.stopped.notify_all();
+    }
+
+    /// Starts a server that is being built; false (with the last error set)
+    /// when it cannot start.
+    fn start_locked(&self, st: &mut State) -> Result<(), foorpc_result> {
+        let State::Building { .. } = st else {
+            return Err(fail(
+                foorpc_result::InvalidState,
+                "the server was already started or stopped",
+            ));
+        };
+        if st.addrs().is_empty() {
+            return Err(fail(
+                foorpc_result::InvalidState,
+                "bind at least one address (foorpc_server_bind) before starting",
+            ));
+        }
+        let State::Building {
+            router,
+            listeners,
+            addrs,
+        } = std::mem::take(st)
+        else {
+            unreachable!("checked above");
+        };
+        let builder = listeners
+            .into_iter()
+            .fold(Server::builder().router(router), |b, l| b.listener(l));
+        match builder.start() {
+            Ok(server) => {
+                *st = State::Running {
+                    server: Arc::new(server),
+                    addrs,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                *st = State::Stopped { addrs };
+                self.stopped.notify_all();
+                Err(fail_with(&e))
+            }
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Stopped { addrs: Vec::new() }
+    }
+}
+
+impl State {
+    fn into_addrs(self) -> Vec<Address> {
+        match self {
+            State::Building { addrs, .. }
+            | State::Running { addrs, .. }
+            | State::Stopping { addrs }
+            | State::Stopped { addrs } => addrs,
+        }
+    }
+}
+
+/// Answers one request, exactly once, from any thread.
+///
+/// Owned by the handler that received it. foorpc_responder_ok and
+/// foorpc_responder_error answer and free it; foorpc_responder_free frees it
+/// unanswered, which sends the caller an error reply (so a caller never waits
+/// for an answer that will not come). After any of these three the pointer is
+/// invalid. One responder must not be used by two threads at once, but it
+/// may be passed to another thread and answered there.
+pub struct foorpc_responder {
+    inner: Responder,
+}
+
+/// Creates a server with no handlers and no addresses. On success
+/// `*server_out` receives it; the caller owns it and must call
+/// foorpc_server_free. Then: foorpc_server_register* and foorpc_server_bind,
+/// then foorpc_server_start or foorpc_server_run. Any thread may call it.
+#[no_mangle]
+pub extern "C" fn foorpc_server_new(server_out: *mut *mut foorpc_server) -> foorpc_result {
+    ffi_panic_boundary! {
+        let out = try_mut!(server_out);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::Building {
+                router: Router::new(),
+                listeners: Vec::new(),
+                addrs: Vec::new(),
+            }),
+            stopped: Condvar::new(),
+        });
+        *out = Box::into_raw(Box::new(foorpc_server { shared }));
+        foorpc_result::Ok
+    }
+}
+
+fn execution(flags: u32) -> Result<Execution, foorpc_result> {
+    match flags {
+        FOORPC_HANDLER_POOL => Ok(Execution::Pool),
+        FOORPC_HANDLER_INLINE => Ok(Execution::Inline),
+        other => Err(fail(
+            foorpc_result::InvalidArgument,
+            format!("unknown handler flags {other:#x}"),
+        )),
+    }
+}
+
+/// `method` NUL-terminated, then the params array: one allocation per call.
+fn encode_call(method: &str, params: Vec<Value>) -> (Vec<u8>, usize) {
+    let mut bytes = Vec::with_capacity(method.len() + 16);
+    bytes.extend_from_slice(method.as_bytes());
+    bytes.push(0);
+    let at = bytes.len();
+    foorpc::codec::encode_value(&mut bytes, &Value::Array(params));
+    (bytes, at)
+}
+
+/// Runs `f` with the inline-handler flag set when `inline`.
+fn in_handler(inline: bool, f: impl FnOnce()) {
+    if !inline {
+        return f();
+    }
+    let was = IN_INLINE_HANDLER.with(|c| c.replace(true));
+    f();
+    IN_INLINE_HANDLER.with(|c| c.set(was));
+}
+
+fn request_adapter(
+    cb: HandlerFn,
+    userdata: SendPtr,
+    execution: Execution,
+) -> impl Fn(Request) + Send + Sync + 'static {
+    let inline = execution == Execution::Inline;
+    move |req: Request| {
+        let Request {
+            method,
+            params,
+            responder,
+            ..
+        } = req;
+        let (bytes, at) = encode_call(&method, params);
+        let resp = Box::into_raw(Box::new(foorpc_responder { inner: responder }));
+        in_handler(inline, || {
+            // SAFETY: the caller's C function and userdata; the pointers stay
+            // valid for the duration of the call; `resp` is handed over.
+            unsafe {
+                cb(
+                    userdata.get(),
+                    bytes.as_ptr().cast(),
+                    method.len(),
+                    bytes[at..].as_ptr(),
+                    bytes.len() - at,
+                    resp,
+                )
+            }
+        });
+    }
+}
+
+fn notification_adapter(
+    cb: NotificationFn,
+    userdata: SendPtr,
+    execution: Execution,
+) -> impl Fn(Notification) + Send + Sync + 'static {
+    let inline = execution == Execution::Inline;
+    move |n: Notification| {
+        let (bytes, at) = encode_call(&n.method, n.params);
+        in_handler(inline, || {
+            // SAFETY: as in request_adapter.
+            unsafe {
+                cb(
+                    userdata.get(),
+                    bytes.as_ptr().cast(),
+                    n.method.len(),
+                    bytes[at..].as_ptr(),
+                    bytes.len() - at,
+                )
+            }
+        });
+    }
+}
+
+/// Runs `f` on the router of a server that is still being built.
+fn with_router(server: &foorpc_server, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result> {
+    let mut st = server.shared.lock();
+    match &mut *st {
+        State::Building { router, .. } => {
+            f(router);
+            Ok(())
+        }
+        _ => Err(fail(
+            foorpc_result::InvalidState,
+            "handlers must be registered before the server starts",
+        )),
+    }
+}
+
+/// Registers `callback` for requests to `method` (a NUL-terminated UTF-8
+/// string, copied). `flags` is FOORPC_HANDLER_POOL (0) or
+/// FOORPC_HANDLER_INLINE; see foorpc_handler_callback for the threads it
+/// runs on. `userdata` is passed to every call of `callback` as is; it must
+/// stay valid until foorpc_server_free returns (and must be safe to use from
+/// several threads at once for pool handlers). Registering a method again
+/// replaces its handler. A method nobody registered gets an error reply
+/// `[1, "unknown method: NAME"]`.
+///
+/// Only before the server starts (FOORPC_RESULT_INVALID_STATE after). Any
+/// thread may call it.
+#[no_mangle]
+pub extern "C" fn foorpc_server_register(
+    server: *mut foorpc_server,
+    method: *const c_char,
+    callback: foorpc_handler_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let method = try_cstr!(method);
+        let Some(cb) = callback else {
+            return crate::error::null_parameter("callback");
+        };
+        let execution = match execution(flags) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let handler = request_adapter(cb, SendPtr(userdata), execution);
+        match with_router(server, |r| {
+            r.register(method, execution, handler);
+        }) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
+/// Registers `callback` for requests to every method that has no handler of
+/// its own (instead of the "unknown method" error reply). Otherwise as
+/// foorpc_server_register.
+#[no_mangle]
+pub extern "C" fn foorpc_server_register_fallback(
+    server: *mut foorpc_server,
+    callback: foorpc_handler_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let Some(cb) = callback else {
+            return crate::error::null_parameter("callback");
+        };
+        let execution = match execution(flags) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let handler = request_adapter(cb, SendPtr(userdata), execution);
+        match with_router(server, |r| {
+            r.fallback(execution, handler);
+        }) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
+/// Registers `callback` for notifications of `method` (NUL-terminated
+/// UTF-8, copied). Notifications nobody registered are ignored. `flags`,
+/// `userdata` and the threads are as for foorpc_server_register; use
+/// FOORPC_HANDLER_INLINE to see one connection's notifications in order.
+/// Only before the server starts.
+#[no_mangle]
+pub extern "C" fn foorpc_server_register_notification(
+    server: *mut foorpc_server,
+    method: *const c_char,
+    callback: foorpc_notification_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let method = try_cstr!(method);
+        let Some(cb) = callback else {
+            return crate::error::null_parameter("callback");
+        };
+        let execution = match execution(flags) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let handler = notification_adapter(cb, SendPtr(userdata), execution);
+        match with_router(server, |r| {
+            r.notification(method, execution, handler);
+        }) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
+/// Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
+/// foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
+/// replaced; the file is removed when the server stops). NUL-terminated,
+/// not retained. May be called several times to serve several addresses.
+/// Connections are accepted once the server starts.
+///
+/// Errors: FOORPC_RESULT_INVALID_ADDRESS, FOORPC_RESULT_IO (e.g. address in
+/// use), FOORPC_RESULT_INVALID_STATE after the server started. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_server_bind(
+    server: *mut foorpc_server,
+    address: *const c_char,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let address = try_cstr!(address);
+        let mut st = server.shared.lock();
+        let State::Building { listeners, addrs, .. } = &mut *st else {
+            return fail(
+                foorpc_result::InvalidState,
+                "addresses must be bound before the server starts",
+            );
+        };
+        let bound = Address::parse(address)
+            .and_then(|a| Listener::bind(&a))
+            .and_then(|l| Ok((l.local_address()?, l)));
+        match bound {
+            Ok((addr, listener)) => {
+                listeners.push(listener);
+                addrs.push(addr);
+                foorpc_result::Ok
+            }
+            Err(e) => fail_with(&e),
+        }
+    }
+}
+
+/// Writes the first bound address, with the real port (e.g.
+/// "tcp://127.0.0.1:40123" or "unix:///tmp/x.sock"), NUL-terminated, into
+/// the caller's `buf` of `len` bytes; `*out_n` receives its length without
+/// the NUL. When `len` is too small, nothing is written to `buf`, `*out_n`
+/// receives the length needed (without the NUL) and the result is
+/// FOORPC_RESULT_BUFFER_TOO_SMALL. `out_n` may be NULL.
+/// FOORPC_RESULT_INVALID_STATE when nothing is bound. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_server_local_address(
+    server: *const foorpc_server,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        if buf.is_null() {
+            return crate::error::null_parameter("buf");
+        }
+        let text = match server.shared.lock().addrs().first() {
+            Some(a) => a.to_string(),
+            None => return fail(foorpc_result::InvalidState, "no address is bound"),
+        };
+        if !out_n.is_null() {
+            // SAFETY: checked non-NULL; the caller's out-pointer.
+            unsafe { *out_n = text.len() };
+        }
+        if text.len() >= len {
+            return fail(
+                foorpc_result::BufferTooSmall,
+                format!("the address needs {} bytes with its NUL", text.len() + 1),
+            );
+        }
+        // SAFETY: buf holds len > text.len() bytes (the caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+            *buf.add(text.len()) = 0;
+        }
+        foorpc_result::Ok
+    }
+}
+
+/// Starts serving in the background and returns at once: connections are
+/// accepted and handlers run on foorpc's threads until foorpc_server_stop
+/// or foorpc_server_free. Needs at least one bound address.
+/// FOORPC_RESULT_INVALID_STATE when already started or stopped. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_server_start(server: *mut foorpc_server) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let mut st = server.shared.lock();
+        match server.shared.start_locked(&mut st) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
+/// Serves in the foreground: starts the server if foorpc_server_start was not
+/// called, then blocks until the server has stopped (foorpc_server_stop from
+/// another thread, e.g. a signal-handling thread or a handler). Returns
+/// FOORPC_RESULT_OK once stopped, at once if it was already stopped.
+/// Must not be called from a handler.
+#[no_mangle]
+pub extern "C" fn foorpc_server_run(server: *mut foorpc_server) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let shared = server.shared.clone();
+        let mut st = shared.lock();
+        if let State::Building { .. } = &*st {
+            if let Err(code) = shared.start_locked(&mut st) {
+                return code;
+            }
+        }
+        shared.wait_stopped(st);
+        foorpc_result::Ok
+    }
+}
+
+/// Stops the server gracefully: stops accepting connections, lets requests
+/// being handled finish (for up to 10 s; new requests get an error reply),
+/// sends their replies, closes every connection, and wakes
+/// foorpc_server_run. Blocks until done, except when called from an inline
+/// handler (FOORPC_HANDLER_INLINE), where it only starts the shutdown.
+///
+/// Any thread may call it, any number of times, also before the server
+/// starts (then it never starts). It is not async-signal-safe: call it from
+/// a thread that waits for signals (sigwait) or reads a self-pipe, not from
+/// a signal handler.
+#[no_mangle]
+pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let shared = server.shared.clone();
+        let inline = IN_INLINE_HANDLER.with(Cell::get);
+        let mut st = shared.lock();
+        match std::mem::take(&mut *st) {
+            State::Building { addrs, .. } => {
+                // Dropping the listeners closes them (and removes Unix socket files).
+                *st = State::Stopped { addrs };
+                shared.stopped.notify_all();
+            }
+            State::Running { server, addrs } => {
+                *st = State::Stopping { addrs };
+                drop(st);
+                if inline {
+                    // The I/O thread must go on running for the drain to finish.
+                    let (shared2, server2) = (shared.clone(), server.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("foorpc-stop".into())
+                        .spawn(move || shared2.finish_stop(server2));
+                    if let Err(e) = spawned {
+                        let mut st = shared.lock();
+                        let addrs = std::mem::take(&mut *st).into_addrs();
+                        *st = State::Running { server, addrs };
+                        return fail_with(&Error::from(e));
+                    }
+                } else {
+                    shared.finish_stop(server);
+                }
+            }
+            State::Stopping { addrs } => {
+                *st = State::Stopping { addrs };
+                if !inline {
+                    shared.wait_stopped(st);
+                }
+            }
+            stopped @ State::Stopped { .. } => *st = stopped,
+        }
+        foorpc_result::Ok
+    }
+}
+
+/// Stops the server (as foorpc_server_stop, blocking) and frees it. NULL is
+/// fine. Must be called once, not from a handler, and not while another
+/// thread still uses the server (a foorpc_server_run blocked on it must have
+/// returned). Responders still held by C stay valid (answering them after
+/// the stop is harmless).
+#[no_mangle]
+pub extern "C" fn foorpc_server_free(server: *mut foorpc_server) {
+    ffi_panic_boundary! {
+        if server.is_null() {
+            return;
+        }
+        foorpc_server_stop(server);
+        // SAFETY: created by foorpc_server_new, freed once.
+        let s = unsafe { Box::from_raw(server) };
+        let st = s.shared.lock();
+        s.shared.wait_stopped(st);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Responder
+// ---------------------------------------------------------------------------
+
+/// Takes the responder out of its box (the box is freed).
+fn take_responder(responder: *mut foorpc_responder) -> Option<Responder> {
+    if responder.is_null() {
+        return None;
+    }
+    // SAFETY: handed out by a handler adapter, used once (the C contract).
+    Some(unsafe { Box::from_raw(responder) }.inner)
+}
+
+/// Answers the request with a result: `result`/`result_len` is the MessagePack
+/// encoding of one value (copied; an empty input answers nil). Frees the
+/// responder in every case (except when it is NULL): if the bytes are not
+/// exactly one valid value, the caller gets an error reply and this returns
+/// FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
+#[no_mangle]
+pub extern "C" fn foorpc_responder_ok(
+    responder: *mut foorpc_responder,
+    result: *const u8,
+    result_len: usize,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let Some(r) = take_responder(responder) else {
+            return crate::error::null_parameter("responder");
+        };
+        let bytes = try_slice!(result, result_len);
+        if bytes.is_empty() {
+            r.ok(Value::Nil);
+            return foorpc_result::Ok;
+        }
+        match decode_one(bytes, "the handler's result") {
+            Ok(v) => {
+                r.ok(v);
+                foorpc_result::Ok
+            }
+            Err(code) => {
+                r.error(Error::error_object(
+                    foorpc::ERROR_CODE_EXCEPTION,
+                    "the handler's result is not valid MessagePack",
+                ));
+                code
+            }
+        }
+    }
+}
+
+/// Answers the request with an error object: `error`/`error_len` is the
+/// MessagePack encoding of one value, sent as is (foorpc's shape is
+/// `[code, message]`; nil or an empty input becomes `[0, "error"]`, since a
+/// nil error would read as success). Frees the responder in every case
+/// (except when it is NULL); invalid bytes send `[0, "..."]` and return
+/// FOORPC_RESULT_INVALID_MSGPACK. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_responder_error(
+    responder: *mut foorpc_responder,
+    error: *const u8,
+    error_len: usize,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let Some(r) = take_responder(responder) else {
+            return crate::error::null_parameter("responder");
+        };
+        let bytes = try_slice!(error, error_len);
+        if bytes.is_empty() {
+            r.error(Value::Nil);
+            return foorpc_result::Ok;
+        }
+        match decode_one(bytes, "the handler's error object") {
+            Ok(v) => {
+                r.error(v);
+                foorpc_result::Ok
+            }
+            Err(code) => {
+                r.error(Error::error_object(
+                    foorpc::ERROR_CODE_EXCEPTION,
+                    "the handler's error object is not valid MessagePack",
+                ));
+                code
+            }
+        }
+    }
+}
+
+/// Answers the request with foorpc's error object `[code, message]`:
+/// `message`/`message_len` are UTF-8 bytes (copied; not NUL-terminated; NULL
+/// is fine when the length is 0; invalid UTF-8 is replaced by U+FFFD). Use
+/// code 0 for "the call failed" and 1 for "the call was invalid" (Neovim's
+/// codes). Frees the responder (except when it is NULL). Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_responder_error_message(
+    responder: *mut foorpc_responder,
+    code: i64,
+    message: *const c_char,
+    message_len: usize,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let Some(r) = take_responder(responder) else {
+            return crate::error::null_parameter("responder");
+        };
+        let bytes = try_slice!(message, message_len);
+        r.error(Error::error_object(code, String::from_utf8_lossy(bytes)));
+        foorpc_result::Ok
+    }
+}
+
+/// Frees a responder without answering: the caller gets the error reply
+/// `[0, "the handler dropped the request without answering"]`. NULL is fine.
+/// Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_responder_free(responder: *mut foorpc_responder) {
+    ffi_panic_boundary! {
+        drop(take_responder(responder));
+    }
+}

@@ -1,0 +1,792 @@
+/*
+ * Tests of the libfoorpc C API: NULL arguments, every _free(NULL), writer and
+ * reader round trips of every type, calls (sync, async with callback,
+ * notifications), remote error objects, timeouts, answering later from
+ * another thread, server start/run/stop. Built against the installed header
+ * and library; also run under valgrind. Last line: "N passed, N failed".
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <foorpc.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int passed = 0, failed = 0;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (cond) {                                                                     \
+            passed++;                                                                   \
+        } else {                                                                        \
+            char last_[256];                                                            \
+            foorpc_last_error_message(last_, sizeof last_, NULL);                       \
+            failed++;                                                                   \
+            fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, #cond, \
+                    last_);                                                             \
+        }                                                                               \
+    } while (0)
+
+#define OK(expr) CHECK((expr) == FOORPC_RESULT_OK)
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0) {
+    }
+}
+
+static int last_error_contains(const char *needle) {
+    char msg[512];
+    foorpc_last_error_message(msg, sizeof msg, NULL);
+    return strstr(msg, needle) != NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void test_version(void) {
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", FOORPC_VERSION_MAJOR, FOORPC_VERSION_MINOR,
+             FOORPC_VERSION_PATCH);
+    CHECK(strcmp(foorpc_version(), want) == 0);
+    CHECK(FOORPC_VERSION_NUMBER ==
+          ((FOORPC_VERSION_MAJOR << 16) | (FOORPC_VERSION_MINOR << 8) | FOORPC_VERSION_PATCH));
+}
+
+static void test_results(void) {
+    const uint32_t codes[] = {FOORPC_RESULT_OK, FOORPC_RESULT_NULL_PARAMETER,
+                              FOORPC_RESULT_INVALID_MSGPACK, FOORPC_RESULT_IO,
+                              FOORPC_RESULT_REMOTE_ERROR, FOORPC_RESULT_TIMEOUT,
+                              FOORPC_RESULT_TYPE_MISMATCH, FOORPC_RESULT_PANIC};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        const char *m = foorpc_result_message(codes[i]);
+        CHECK(m != NULL && m[0] != '\0' && strstr(m, "unknown") == NULL);
+    }
+    CHECK(strstr(foorpc_result_message(123456), "unknown") != NULL);
+    CHECK(FOORPC_RESULT_OK == 0 && FOORPC_RESULT_NULL_PARAMETER == 1000 &&
+          FOORPC_RESULT_IO == 2000 && FOORPC_RESULT_PROTOCOL == 3000 &&
+          FOORPC_RESULT_REMOTE_ERROR == 4000 && FOORPC_RESULT_TIMEOUT == 4001);
+    CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_CONNECTION_LOST));
+    CHECK(!foorpc_result_is_connection_error(FOORPC_RESULT_TIMEOUT));
+}
+
+static void test_free_null_and_null_args(void) {
+    foorpc_buf_free(NULL);
+    foorpc_writer_free(NULL);
+    foorpc_reader_free(NULL);
+    foorpc_client_free(NULL);
+    foorpc_client_close(NULL);
+    foorpc_server_free(NULL);
+    foorpc_responder_free(NULL);
+    passed++; /* survived */
+
+    uint8_t byte = 0;
+    foorpc_writer *w = NULL;
+    foorpc_reader *r = NULL;
+    foorpc_client *c = NULL;
+    foorpc_server *s = NULL;
+    size_t n = 0;
+    CHECK(foorpc_writer_new(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(last_error_contains("writer_out"));
+    CHECK(foorpc_writer_int(NULL, 1) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_writer_cstr(NULL, "x") == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_writer_data(NULL) == NULL && foorpc_writer_len(NULL) == 0);
+    CHECK(foorpc_reader_new(NULL, 1, &r) == FOORPC_RESULT_NULL_PARAMETER && r == NULL);
+    CHECK(foorpc_reader_new(&byte, 1, NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_reader_read_nil(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_reader_peek_type(NULL) == FOORPC_TYPE_NONE);
+    CHECK(foorpc_buf_data(NULL) == NULL && foorpc_buf_len(NULL) == 0);
+    CHECK(foorpc_client_connect(NULL, 0, &c) == FOORPC_RESULT_NULL_PARAMETER && c == NULL);
+    CHECK(foorpc_client_connect("tcp://127.0.0.1:1", 0, NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_call(NULL, "m", NULL, 0, 0, NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_notify(NULL, "m", NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(!foorpc_client_is_connected(NULL));
+    CHECK(foorpc_server_new(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_bind(NULL, "tcp://127.0.0.1:0") == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_start(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_run(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_stop(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_responder_ok(NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_responder_error(NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_responder_error_message(NULL, 0, "x", 1) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_last_error_message(NULL, 10, &n) == FOORPC_RESULT_NULL_PARAMETER);
+
+    OK(foorpc_server_new(&s));
+    CHECK(foorpc_server_register(s, NULL, NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_register(s, "m", NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_bind(s, "nonsense") == FOORPC_RESULT_INVALID_ADDRESS);
+    CHECK(foorpc_server_start(s) == FOORPC_RESULT_INVALID_STATE); /* nothing bound */
+    foorpc_server_free(s);
+
+    CHECK(foorpc_client_connect("http://x", 0, &c) == FOORPC_RESULT_INVALID_ADDRESS && c == NULL);
+
+    /* The detailed message is kept per thread and truncated to fit. */
+    char small[4];
+    CHECK(foorpc_writer_new(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_last_error_message(small, sizeof small, &n) == FOORPC_RESULT_BUFFER_TOO_SMALL);
+    CHECK(n == 3 && small[3] == '\0');
+    (void)w;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static int bytes_equal(const foorpc_writer *w, const char *hex) {
+    size_t n = strlen(hex) / 2;
+    if (foorpc_writer_len(w) != n) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        if (foorpc_writer_data(w)[i] != v) return 0;
+    }
+    return 1;
+}
+
+static void test_writer_encodings(void) {
+    foorpc_writer *w = NULL;
+    OK(foorpc_writer_new(&w));
+#define ENC(call, hex)                \
+    do {                              \
+        foorpc_writer_clear(w);       \
+        OK(call);                     \
+        CHECK(bytes_equal(w, hex));   \
+    } while (0)
+    ENC(foorpc_writer_nil(w), "c0");
+    ENC(foorpc_writer_bool(w, true), "c3");
+    ENC(foorpc_writer_int(w, 5), "05");
+    ENC(foorpc_writer_int(w, -33), "d0df");
+    ENC(foorpc_writer_uint(w, 128), "cc80");
+    ENC(foorpc_writer_uint(w, UINT64_MAX), "cfffffffffffffffff");
+    ENC(foorpc_writer_int(w, INT64_MIN), "d38000000000000000");
+    ENC(foorpc_writer_f32(w, 1.5f), "ca3fc00000");
+    ENC(foorpc_writer_f64(w, 1.5), "cb3ff8000000000000");
+    ENC(foorpc_writer_cstr(w, "a"), "a161");
+    ENC(foorpc_writer_bin(w, (const uint8_t *)"\x01", 1), "c40101");
+    ENC(foorpc_writer_array(w, 16), "dc0010");
+    ENC(foorpc_writer_map(w, 2), "82");
+    ENC(foorpc_writer_ext(w, 5, (const uint8_t *)"abcd", 4), "d60561626364");
+    ENC(foorpc_writer_ext(w, -1, (const uint8_t *)"abc", 3), "c703ff616263");
+    ENC(foorpc_writer_raw(w, (const uint8_t *)"\x92\x01\xa1x", 4), "9201a178");
+#undef ENC
+    foorpc_writer_clear(w);
+    CHECK(foorpc_writer_raw(w, (const uint8_t *)"\x92\x01", 2) == FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(foorpc_writer_raw(w, (const uint8_t *)"\x01\x02", 2) == FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(foorpc_writer_len(w) == 0);
+    foorpc_writer_free(w);
+}
+
+static void test_round_trip(void) {
+    static const int64_t ints[] = {0, 1, 127, 128, 255, 256, 65535, 65536, -1, -32, -33,
+                                   -128, -129, -32768, -32769, INT32_MIN, (int64_t)INT32_MIN - 1,
+                                   INT64_MAX, INT64_MIN};
+    static const uint64_t uints[] = {0, 255, 65536, UINT32_MAX, (uint64_t)UINT32_MAX + 1,
+                                     UINT64_MAX};
+    static const size_t str_lens[] = {0, 31, 32, 255, 256, 65535, 65536};
+    static const size_t ext_lens[] = {0, 1, 2, 3, 4, 8, 16, 17, 300};
+    const size_t nints = sizeof ints / sizeof ints[0], nuints = sizeof uints / sizeof uints[0];
+    const size_t nstr = sizeof str_lens / sizeof str_lens[0];
+    const size_t next = sizeof ext_lens / sizeof ext_lens[0];
+    char *big = malloc(65536);
+    memset(big, 'z', 65536);
+
+    foorpc_writer *w = NULL;
+    OK(foorpc_writer_new(&w));
+    OK(foorpc_writer_nil(w));
+    OK(foorpc_writer_bool(w, true));
+    OK(foorpc_writer_bool(w, false));
+    for (size_t i = 0; i < nints; i++) OK(foorpc_writer_int(w, ints[i]));
+    for (size_t i = 0; i < nuints; i++) OK(foorpc_writer_uint(w, uints[i]));
+    OK(foorpc_writer_f32(w, -0.25f));
+    OK(foorpc_writer_f64(w, 1e300));
+    OK(foorpc_writer_f64(w, NAN));
+    for (size_t i = 0; i < nstr; i++) OK(foorpc_writer_str(w, big, str_lens[i]));
+    for (size_t i = 0; i < nstr; i++) OK(foorpc_writer_bin(w, (const uint8_t *)big, str_lens[i]));
+    for (size_t i = 0; i < next; i++)
+        OK(foorpc_writer_ext(w, (int8_t)i, (const uint8_t *)big, ext_lens[i]));
+    OK(foorpc_writer_map(w, 2)); /* {"k": [1, nil], 2: {}} */
+    OK(foorpc_writer_cstr(w, "k"));
+    OK(foorpc_writer_array(w, 2));
+    OK(foorpc_writer_int(w, 1));
+    OK(foorpc_writer_nil(w));
+    OK(foorpc_writer_int(w, 2));
+    OK(foorpc_writer_map(w, 0));
+    OK(foorpc_writer_array(w, 3)); /* skipped whole */
+    OK(foorpc_writer_array(w, 1));
+    OK(foorpc_writer_map(w, 1));
+    OK(foorpc_writer_nil(w));
+    OK(foorpc_writer_cstr(w, "deep"));
+    OK(foorpc_writer_int(w, 7));
+    OK(foorpc_writer_bin(w, NULL, 0));
+    OK(foorpc_writer_cstr(w, "tail"));
+
+    foorpc_reader *r = NULL;
+    bool b;
+    int64_t iv;
+    uint64_t uv;
+    double dv;
+    float fv;
+    const char *s;
+    const uint8_t *p;
+    size_t n;
+    uint32_t count;
+    int8_t et;
+    OK(foorpc_reader_new(foorpc_writer_data(w), foorpc_writer_len(w), &r));
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_NIL);
+    CHECK(foorpc_reader_read_bool(r, &b) == FOORPC_RESULT_TYPE_MISMATCH);
+    CHECK(last_error_contains("expected bool, found nil"));
+    OK(foorpc_reader_read_nil(r));
+    CHECK(foorpc_reader_read_bool(r, &b) == FOORPC_RESULT_OK && b);
+    CHECK(foorpc_reader_read_bool(r, &b) == FOORPC_RESULT_OK && !b);
+    for (size_t i = 0; i < nints; i++) {
+        CHECK(foorpc_reader_peek_type(r) == (ints[i] < 0 ? FOORPC_TYPE_INT : FOORPC_TYPE_UINT));
+        if (ints[i] < 0) CHECK(foorpc_reader_read_uint(r, &uv) == FOORPC_RESULT_OUT_OF_RANGE);
+        CHECK(foorpc_reader_read_int(r, &iv) == FOORPC_RESULT_OK && iv == ints[i]);
+    }
+    for (size_t i = 0; i < nuints; i++) {
+        if (uints[i] > INT64_MAX) CHECK(foorpc_reader_read_int(r, &iv) == FOORPC_RESULT_OUT_OF_RANGE);
+        CHECK(foorpc_reader_read_uint(r, &uv) == FOORPC_RESULT_OK && uv == uints[i]);
+    }
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_F32);
+    CHECK(foorpc_reader_read_f32(r, &fv) == FOORPC_RESULT_OK && fv == -0.25f);
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_F64);
+    CHECK(foorpc_reader_read_f32(r, &fv) == FOORPC_RESULT_TYPE_MISMATCH);
+    CHECK(foorpc_reader_read_f64(r, &dv) == FOORPC_RESULT_OK && dv == 1e300);
+    CHECK(foorpc_reader_read_f64(r, &dv) == FOORPC_RESULT_OK && isnan(dv));
+    for (size_t i = 0; i < nstr; i++) {
+        CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_STR);
+        CHECK(foorpc_reader_read_str(r, &s, &n) == FOORPC_RESULT_OK && n == str_lens[i] &&
+              (n == 0 || memcmp(s, big, n) == 0));
+    }
+    for (size_t i = 0; i < nstr; i++) {
+        CHECK(foorpc_reader_read_str(r, &s, &n) == FOORPC_RESULT_TYPE_MISMATCH);
+        CHECK(foorpc_reader_read_bin(r, &p, &n) == FOORPC_RESULT_OK && n == str_lens[i] &&
+              (n == 0 || memcmp(p, big, n) == 0));
+    }
+    for (size_t i = 0; i < next; i++) {
+        CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_EXT);
+        CHECK(foorpc_reader_read_ext(r, &et, &p, &n) == FOORPC_RESULT_OK && et == (int8_t)i &&
+              n == ext_lens[i] && (n == 0 || memcmp(p, big, n) == 0));
+    }
+    CHECK(foorpc_reader_read_map(r, &count) == FOORPC_RESULT_OK && count == 2);
+    CHECK(foorpc_reader_read_str(r, &s, &n) == FOORPC_RESULT_OK && n == 1 && s[0] == 'k');
+    CHECK(foorpc_reader_read_raw(r, &p, &n) == FOORPC_RESULT_OK && n == 3 &&
+          memcmp(p, "\x92\x01\xc0", 3) == 0);
+    CHECK(foorpc_reader_read_int(r, &iv) == FOORPC_RESULT_OK && iv == 2);
+    CHECK(foorpc_reader_read_map(r, &count) == FOORPC_RESULT_OK && count == 0);
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_ARRAY);
+    OK(foorpc_reader_skip(r));
+    CHECK(foorpc_reader_read_str(r, &s, &n) == FOORPC_RESULT_OK && n == 4 &&
+          memcmp(s, "tail", 4) == 0);
+    CHECK(foorpc_reader_remaining(r) == 0);
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_NONE);
+    CHECK(foorpc_reader_read_nil(r) == FOORPC_RESULT_END_OF_DATA);
+    CHECK(foorpc_reader_skip(r) == FOORPC_RESULT_END_OF_DATA);
+    foorpc_reader_free(r);
+
+    /* Malformed and truncated input; a failed read does not move the reader. */
+    OK(foorpc_reader_new((const uint8_t *)"\xc1", 1, &r));
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_NONE);
+    CHECK(foorpc_reader_skip(r) == FOORPC_RESULT_MALFORMED_DATA);
+    foorpc_reader_free(r);
+    OK(foorpc_reader_new((const uint8_t *)"\xa5hel", 4, &r));
+    CHECK(foorpc_reader_read_str(r, &s, &n) == FOORPC_RESULT_END_OF_DATA);
+    CHECK(foorpc_reader_remaining(r) == 4);
+    foorpc_reader_free(r);
+    OK(foorpc_reader_new((const uint8_t *)"\x93\x01\x02", 3, &r));
+    CHECK(foorpc_reader_read_raw(r, &p, &n) == FOORPC_RESULT_END_OF_DATA);
+    CHECK(foorpc_reader_read_array(r, &count) == FOORPC_RESULT_OK && count == 3);
+    foorpc_reader_free(r);
+    OK(foorpc_reader_new(NULL, 0, &r));
+    CHECK(foorpc_reader_peek_type(r) == FOORPC_TYPE_NONE);
+    foorpc_reader_free(r);
+
+    foorpc_writer_free(w);
+    free(big);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A server in this process. */
+
+struct later {
+    foorpc_responder *resp;
+    long ms;
+    int64_t value;
+};
+
+static void *answer_later(void *arg) {
+    struct later *l = arg;
+    foorpc_writer *w = NULL;
+    sleep_ms(l->ms);
+    foorpc_writer_new(&w);
+    foorpc_writer_int(w, l->value);
+    foorpc_responder_ok(l->resp, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+    free(l);
+    return NULL;
+}
+
+/* add(a, b) on the pool. */
+static void h_add(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                  foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    uint32_t n = 0;
+    int64_t a = 0, b = 0;
+    foorpc_writer *w = NULL;
+    foorpc_reader_new(params, len, &r);
+    if (foorpc_reader_read_array(r, &n) || n != 2 || foorpc_reader_read_int(r, &a) ||
+        foorpc_reader_read_int(r, &b)) {
+        foorpc_responder_error_message(resp, 1, "bad args", 8);
+    } else {
+        foorpc_writer_new(&w);
+        foorpc_writer_int(w, a + b);
+        foorpc_responder_ok(resp, foorpc_writer_data(w), foorpc_writer_len(w));
+        foorpc_writer_free(w);
+    }
+    foorpc_reader_free(r);
+}
+
+/* Inline: answers (param0) after param1 ms from a new thread. */
+static void h_later(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                    foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    uint32_t n;
+    int64_t value = 0, ms = 0;
+    struct later *l = malloc(sizeof *l);
+    pthread_t t;
+    foorpc_reader_new(params, len, &r);
+    foorpc_reader_read_array(r, &n);
+    foorpc_reader_read_int(r, &value);
+    foorpc_reader_read_int(r, &ms);
+    foorpc_reader_free(r);
+    l->resp = resp;
+    l->ms = (long)ms;
+    l->value = value;
+    pthread_create(&t, NULL, answer_later, l);
+    pthread_detach(t);
+}
+
+static int bad_result_rc = -1;
+
+/* Answers with broken MessagePack: the caller gets an error reply. */
+static void h_bad_result(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                         foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    bad_result_rc = (int)foorpc_responder_ok(resp, (const uint8_t *)"\x92\x01", 2);
+}
+
+/* Never answers: freeing the responder sends an error. */
+static void h_drop(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_responder_free(resp);
+}
+
+/* Error object passed through as raw bytes: {"code": 7}. */
+static void h_map_error(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                        foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_responder_error(resp, (const uint8_t *)"\x81\xa4" "code" "\x07", 7);
+}
+
+/* Fallback: answers with the method name it was called as. */
+static void h_fallback(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                       foorpc_responder *resp) {
+    (void)ud, (void)params, (void)len;
+    foorpc_writer *w = NULL;
+    foorpc_writer_new(&w);
+    foorpc_writer_str(w, m, ml);
+    foorpc_responder_ok(resp, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+}
+
+/* Inline: stops the server it runs in (userdata). */
+static void h_stop(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   foorpc_responder *resp) {
+    (void)m, (void)ml, (void)params, (void)len;
+    foorpc_responder_ok(resp, NULL, 0); /* nil */
+    foorpc_server_stop(ud);             /* only starts the shutdown here */
+}
+
+static pthread_mutex_t note_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t note_sum = 0;
+static int note_count = 0;
+
+static void h_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len) {
+    (void)ud;
+    foorpc_reader *r = NULL;
+    uint32_t n;
+    int64_t v = 0;
+    foorpc_reader_new(params, len, &r);
+    foorpc_reader_read_array(r, &n);
+    foorpc_reader_read_int(r, &v);
+    foorpc_reader_free(r);
+    pthread_mutex_lock(&note_lock);
+    if (ml == 4 && memcmp(m, "note", 4) == 0 && m[4] == '\0') note_sum += v;
+    note_count++;
+    pthread_mutex_unlock(&note_lock);
+}
+
+static foorpc_server *make_server(const char *address) {
+    foorpc_server *s = NULL;
+    OK(foorpc_server_new(&s));
+    OK(foorpc_server_register(s, "add", h_add, NULL, FOORPC_HANDLER_POOL));
+    OK(foorpc_server_register(s, "later", h_later, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "bad_result", h_bad_result, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "drop", h_drop, NULL, 0));
+    OK(foorpc_server_register(s, "map_error", h_map_error, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "stop", h_stop, s, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register_notification(s, "note", h_note, NULL, FOORPC_HANDLER_INLINE));
+    CHECK(foorpc_server_register(s, "x", h_add, NULL, 77) == FOORPC_RESULT_INVALID_ARGUMENT);
+    OK(foorpc_server_bind(s, address));
+    return s;
+}
+
+/* Encodes [a, b] into w. */
+static void two_ints(foorpc_writer *w, int64_t a, int64_t b) {
+    foorpc_writer_clear(w);
+    foorpc_writer_array(w, 2);
+    foorpc_writer_int(w, a);
+    foorpc_writer_int(w, b);
+}
+
+static int64_t buf_int(const foorpc_buf *buf) {
+    foorpc_reader *r = NULL;
+    int64_t v = -999999;
+    foorpc_reader_new(foorpc_buf_data(buf), foorpc_buf_len(buf), &r);
+    foorpc_reader_read_int(r, &v);
+    foorpc_reader_free(r);
+    return v;
+}
+
+/* Async completions, counted. */
+struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int calls;            /* callbacks run */
+    int ok_sum;           /* sum of integer results */
+    int remote_errors;
+    int other_errors;
+    foorpc_result last_rc;
+    int nested_rc;        /* result of a blocking call made inside the callback */
+    const foorpc_client *client;
+};
+
+static void waiter_init(struct waiter *wt, const foorpc_client *client) {
+    memset(wt, 0, sizeof *wt);
+    pthread_mutex_init(&wt->lock, NULL);
+    pthread_cond_init(&wt->cv, NULL);
+    wt->nested_rc = -1;
+    wt->client = client;
+}
+
+static void waiter_destroy(struct waiter *wt) {
+    pthread_mutex_destroy(&wt->lock);
+    pthread_cond_destroy(&wt->cv);
+}
+
+static void on_done(void *userdata, foorpc_result rc, const uint8_t *data, size_t len) {
+    struct waiter *wt = userdata;
+    foorpc_reader *r = NULL;
+    int64_t v = 0;
+    pthread_mutex_lock(&wt->lock);
+    if (rc == FOORPC_RESULT_OK) {
+        foorpc_reader_new(data, len, &r);
+        if (foorpc_reader_read_int(r, &v) == FOORPC_RESULT_OK) wt->ok_sum += (int)v;
+        foorpc_reader_free(r);
+    } else if (rc == FOORPC_RESULT_REMOTE_ERROR) {
+        if (data != NULL && len > 0) wt->remote_errors++;
+    } else {
+        if (data == NULL && len == 0) wt->other_errors++;
+    }
+    wt->last_rc = rc;
+    wt->calls++;
+    pthread_cond_broadcast(&wt->cv);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+static void on_done_nested(void *userdata, foorpc_result rc, const uint8_t *data, size_t len) {
+    struct waiter *wt = userdata;
+    /* A blocking call from foorpc's I/O thread is refused, not a deadlock. */
+    int nested = (int)foorpc_client_call(wt->client, "add", NULL, 0, 1000, NULL);
+    pthread_mutex_lock(&wt->lock);
+    wt->nested_rc = nested;
+    pthread_mutex_unlock(&wt->lock);
+    on_done(userdata, rc, data, len);
+}
+
+static int wait_calls(struct waiter *wt, int n, long timeout_ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&wt->lock);
+    while (wt->calls < n && pthread_cond_timedwait(&wt->cv, &wt->lock, &until) == 0) {
+    }
+    int got = wt->calls;
+    pthread_mutex_unlock(&wt->lock);
+    return got;
+}
+
+static void test_calls(const char *bind_address) {
+    note_count = 0, note_sum = 0, bad_result_rc = -1;
+    foorpc_server *s = make_server(bind_address);
+    char addr[256];
+    size_t n = 0;
+    char tiny[4];
+    CHECK(foorpc_server_local_address(s, tiny, sizeof tiny, &n) == FOORPC_RESULT_BUFFER_TOO_SMALL);
+    CHECK(n > sizeof tiny);
+    OK(foorpc_server_local_address(s, addr, sizeof addr, &n));
+    CHECK(n == strlen(addr));
+    CHECK(strncmp(addr, bind_address, 6) == 0);
+    if (strncmp(addr, "tcp://", 6) == 0) CHECK(strcmp(addr, "tcp://127.0.0.1:0") != 0);
+    OK(foorpc_server_start(s));
+    CHECK(foorpc_server_start(s) == FOORPC_RESULT_INVALID_STATE);
+    CHECK(foorpc_server_register(s, "late", h_add, NULL, 0) == FOORPC_RESULT_INVALID_STATE);
+    CHECK(foorpc_server_bind(s, "tcp://127.0.0.1:0") == FOORPC_RESULT_INVALID_STATE);
+
+    foorpc_client *c = NULL;
+    foorpc_writer *w = NULL;
+    foorpc_buf *res = NULL;
+    foorpc_reader *r = NULL;
+    OK(foorpc_client_connect(addr, 2000, &c));
+    CHECK(foorpc_client_is_connected(c));
+    OK(foorpc_writer_new(&w));
+
+    /* Plain calls. */
+    for (int i = 0; i < 100; i++) {
+        two_ints(w, i, 1000);
+        res = NULL;
+        OK(foorpc_client_call(c, "add", foorpc_writer_data(w), foorpc_writer_len(w), 0, &res));
+        CHECK(buf_int(res) == i + 1000);
+        foorpc_buf_free(res);
+    }
+    two_ints(w, 1, 2);
+    OK(foorpc_client_call(c, "add", foorpc_writer_data(w), foorpc_writer_len(w), 0, NULL));
+
+    /* Params must be exactly one array; the result pointer is left alone on failure. */
+    res = NULL;
+    CHECK(foorpc_client_call(c, "add", (const uint8_t *)"\x01", 1, 0, &res) ==
+          FOORPC_RESULT_INVALID_MSGPACK && res == NULL);
+    CHECK(foorpc_client_call(c, "add", (const uint8_t *)"\x90\x90", 2, 0, &res) ==
+          FOORPC_RESULT_INVALID_MSGPACK && res == NULL);
+    CHECK(foorpc_client_call(c, "add", NULL, 3, 0, &res) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_call(c, "\xff", NULL, 0, 0, &res) == FOORPC_RESULT_INVALID_ARGUMENT);
+
+    /* Remote errors carry the peer's error object. */
+    CHECK(foorpc_client_call(c, "add", NULL, 0, 0, &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(last_error_contains("bad args"));
+    {
+        uint32_t cnt = 0;
+        int64_t code = -1;
+        const char *msg = NULL;
+        size_t msg_len = 0;
+        OK(foorpc_reader_new(foorpc_buf_data(res), foorpc_buf_len(res), &r));
+        CHECK(foorpc_reader_read_array(r, &cnt) == FOORPC_RESULT_OK && cnt == 2);
+        CHECK(foorpc_reader_read_int(r, &code) == FOORPC_RESULT_OK && code == 1);
+        CHECK(foorpc_reader_read_str(r, &msg, &msg_len) == FOORPC_RESULT_OK && msg_len == 8 &&
+              memcmp(msg, "bad args", 8) == 0);
+        foorpc_reader_free(r);
+        foorpc_buf_free(res);
+    }
+    res = NULL;
+    CHECK(foorpc_client_call(c, "no_such", NULL, 0, 0, &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(last_error_contains("unknown method: no_such"));
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(foorpc_client_call(c, "map_error", NULL, 0, 0, &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(foorpc_buf_len(res) == 7 && memcmp(foorpc_buf_data(res), "\x81\xa4" "code" "\x07", 7) == 0);
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(foorpc_client_call(c, "drop", NULL, 0, 0, &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(last_error_contains("without answering"));
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(foorpc_client_call(c, "bad_result", NULL, 0, 0, &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(bad_result_rc == FOORPC_RESULT_INVALID_MSGPACK);
+    foorpc_buf_free(res);
+    res = NULL;
+
+    /* Answer later from another thread; and a timeout when it comes too late. */
+    two_ints(w, 42, 30);
+    OK(foorpc_client_call(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 0, &res));
+    CHECK(buf_int(res) == 42);
+    foorpc_buf_free(res);
+    res = NULL;
+    two_ints(w, 1, 600);
+    CHECK(foorpc_client_call(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 50, &res) ==
+              FOORPC_RESULT_TIMEOUT &&
+          res == NULL);
+    CHECK(last_error_contains("timed out"));
+
+    /* Asynchronous calls: each callback runs exactly once. */
+    struct waiter wt;
+    waiter_init(&wt, c);
+    int want_sum = 0;
+    for (int i = 0; i < 50; i++) {
+        two_ints(w, i, 1);
+        want_sum += i + 1;
+        OK(foorpc_client_call_async(c, "add", foorpc_writer_data(w), foorpc_writer_len(w), 0,
+                                    on_done, &wt));
+    }
+    OK(foorpc_client_call_async(c, "no_such", NULL, 0, 0, on_done, &wt));
+    two_ints(w, 5, 20);
+    OK(foorpc_client_call_async(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 0, on_done,
+                                &wt));
+    CHECK(wait_calls(&wt, 52, 10000) == 52);
+    CHECK(wt.ok_sum == want_sum + 5);
+    CHECK(wt.remote_errors == 1);
+    CHECK(foorpc_client_call_async(c, "add", NULL, 0, 0, NULL, &wt) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    /* An async timeout. */
+    two_ints(w, 1, 600);
+    OK(foorpc_client_call_async(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 50,
+                                on_done, &wt));
+    CHECK(wait_calls(&wt, 53, 5000) == 53);
+    CHECK(wt.last_rc == FOORPC_RESULT_TIMEOUT && wt.other_errors == 1);
+    /* A blocking call inside a callback is refused. */
+    two_ints(w, 1, 1);
+    OK(foorpc_client_call_async(c, "add", foorpc_writer_data(w), foorpc_writer_len(w), 0,
+                                on_done_nested, &wt));
+    CHECK(wait_calls(&wt, 54, 5000) == 54);
+    CHECK(wt.nested_rc == FOORPC_RESULT_USAGE);
+    sleep_ms(50); /* let the callbacks return before wt goes away */
+    waiter_destroy(&wt);
+
+    /* Notifications, in order, on the I/O thread. */
+    for (int i = 1; i <= 10; i++) {
+        foorpc_writer_clear(w);
+        foorpc_writer_array(w, 1);
+        foorpc_writer_int(w, i);
+        OK(foorpc_client_notify(c, "note", foorpc_writer_data(w), foorpc_writer_len(w)));
+    }
+    OK(foorpc_client_notify(c, "nobody_listens", NULL, 0));
+    OK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x01", 3, 0, NULL)); /* a barrier */
+    pthread_mutex_lock(&note_lock);
+    CHECK(note_count == 10 && note_sum == 55);
+    pthread_mutex_unlock(&note_lock);
+
+    /* close: later calls fail; a pending async call completes with CLOSED. */
+    struct waiter wt2;
+    waiter_init(&wt2, c);
+    two_ints(w, 1, 400);
+    OK(foorpc_client_call_async(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 0,
+                                on_done, &wt2));
+    foorpc_client_close(c);
+    CHECK(wait_calls(&wt2, 1, 5000) == 1);
+    CHECK(wt2.last_rc == FOORPC_RESULT_CLOSED);
+    CHECK(!foorpc_client_is_connected(c));
+    CHECK(foorpc_client_call(c, "add", NULL, 0, 0, NULL) == FOORPC_RESULT_CLOSED);
+    CHECK(foorpc_client_call_async(c, "add", NULL, 0, 0, on_done, &wt2) != FOORPC_RESULT_OK);
+    foorpc_client_close(c); /* twice is fine */
+    foorpc_client_free(c);
+    sleep_ms(20);
+    CHECK(wt2.calls == 1);
+    waiter_destroy(&wt2);
+
+    /* Freeing a client with a call in flight: its callback runs (CLOSED). */
+    struct waiter wt3;
+    OK(foorpc_client_connect(addr, 0, &c));
+    waiter_init(&wt3, c);
+    two_ints(w, 1, 400);
+    OK(foorpc_client_call_async(c, "later", foorpc_writer_data(w), foorpc_writer_len(w), 0,
+                                on_done, &wt3));
+    foorpc_client_free(c);
+    CHECK(wait_calls(&wt3, 1, 5000) == 1 && wt3.last_rc == FOORPC_RESULT_CLOSED);
+    waiter_destroy(&wt3);
+
+    foorpc_writer_free(w);
+    OK(foorpc_server_stop(s));
+    OK(foorpc_server_stop(s)); /* twice is fine */
+    OK(foorpc_server_run(s));  /* already stopped: returns at once */
+    CHECK(foorpc_client_connect(addr, 1000, &c) != FOORPC_RESULT_OK);
+    foorpc_server_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void *run_server(void *s) {
+    return (void *)(intptr_t)foorpc_server_run(s);
+}
+
+static void test_fallback(void) {
+    foorpc_server *s = NULL;
+    foorpc_client *c = NULL;
+    foorpc_buf *res = NULL;
+    char addr[256];
+    OK(foorpc_server_new(&s));
+    OK(foorpc_server_register_fallback(s, h_fallback, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_bind(s, "tcp://127.0.0.1:0"));
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+    OK(foorpc_server_start(s));
+    OK(foorpc_client_connect(addr, 2000, &c));
+    OK(foorpc_client_call(c, "any.method", NULL, 0, 0, &res));
+    CHECK(foorpc_buf_len(res) == 11 && memcmp(foorpc_buf_data(res), "\xaa" "any.method", 11) == 0);
+    foorpc_buf_free(res);
+    foorpc_client_free(c);
+    foorpc_server_free(s);
+}
+
+static void test_run_and_stop(void) {
+    /* Stop from another thread while run blocks. */
+    foorpc_server *s = make_server("tcp://127.0.0.1:0");
+    char addr[256];
+    pthread_t t;
+    void *rc = NULL;
+    foorpc_client *c = NULL;
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+    pthread_create(&t, NULL, run_server, s);
+    OK(foorpc_client_connect(addr, 2000, &c));
+    OK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x01", 3, 0, NULL));
+    OK(foorpc_server_stop(s));
+    pthread_join(t, &rc);
+    CHECK((intptr_t)rc == FOORPC_RESULT_OK);
+    CHECK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x01", 3, 500, NULL) !=
+          FOORPC_RESULT_OK);
+    foorpc_client_free(c);
+    foorpc_server_free(s);
+
+    /* Stop from an inline handler. */
+    s = make_server("tcp://127.0.0.1:0");
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+    pthread_create(&t, NULL, run_server, s);
+    OK(foorpc_client_connect(addr, 2000, &c));
+    OK(foorpc_client_call(c, "stop", NULL, 0, 0, NULL));
+    pthread_join(t, &rc);
+    CHECK((intptr_t)rc == FOORPC_RESULT_OK);
+    foorpc_client_free(c);
+    foorpc_server_free(s);
+
+    /* Stop before start: run returns at once, start is refused. */
+    s = make_server("tcp://127.0.0.1:0");
+    OK(foorpc_server_stop(s));
+    OK(foorpc_server_run(s));
+    CHECK(foorpc_server_start(s) == FOORPC_RESULT_INVALID_STATE);
+    foorpc_server_free(s);
+
+    /* Free without stop (a running server is stopped by free). */
+    s = make_server("tcp://127.0.0.1:0");
+    OK(foorpc_server_start(s));
+    foorpc_server_free(s);
+    passed++;
+}
+
+int main(void) {
+    char unix_addr[128];
+    test_version();
+    test_results();
+    test_free_null_and_null_args();
+    test_writer_encodings();
+    test_round_trip();
+    test_calls("tcp://127.0.0.1:0");
+    snprintf(unix_addr, sizeof unix_addr, "unix:///tmp/foorpc-test-api-%ld.sock", (long)getpid());
+    test_calls(unix_addr);
+    test_fallback();
+    test_run_and_stop();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
