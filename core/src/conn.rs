@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,25 @@ pub(crate) struct Conn {
     closed: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
+    deadlines_watched: AtomicBool,
+    /// The deadline the reactor will wake up for next (nanoseconds after
+    /// `epoch()`, u64::MAX for none); an earlier new call wakes it sooner.
+    reactor_wakes_at: AtomicU64,
     fork_generation: u64,
+}
+
+/// A fixed instant that deadlines are stored relative to, as atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn as_nanos(t: Option<Instant>) -> u64 {
+    t.map_or(u64::MAX, |t| {
+        t.saturating_duration_since(epoch())
+            .as_nanos()
+            .min(u64::MAX as u128 - 1) as u64
+    })
 }
 
 impl Conn {
@@ -117,6 +135,8 @@ impl Conn {
             closed: AtomicBool::new(false),
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
+            deadlines_watched: AtomicBool::new(false),
+            reactor_wakes_at: AtomicU64::new(u64::MAX),
             fork_generation: fork::generation(),
         })
     }
@@ -255,14 +275,15 @@ impl Conn {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 // Part of a message may be on the wire: the stream cannot be resumed.
-                self.close(Error::ConnectionLost("timed out writing to the peer".into()));
+                self.close(Error::ConnectionLost(
+                    "timed out writing to the peer".into(),
+                ));
                 return Err(Error::Timeout);
             }
             let slice = Some(deadline.map_or(now + SLICE, |d| d.min(now + SLICE)));
             match self.read.try_lock() {
                 Ok(guard) => {
-                    let revents =
-                        poll_fd_events(self.fd(), libc::POLLIN | libc::POLLOUT, slice);
+                    let revents = poll_fd_events(self.fd(), libc::POLLIN | libc::POLLOUT, slice);
                     if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                         self.pump(guard);
                     }
@@ -330,12 +351,16 @@ impl Conn {
             self.read_wanted.store(false, Ordering::SeqCst);
             let mut batch = Vec::new();
             let status = self.read_batch(&mut guard, &mut batch);
-            drop(guard);
             if !batch.is_empty() {
+                // Processed before the read lock is released: a caller that
+                // takes the lock next must find a reply read here already
+                // delivered, or it would wait on the socket for bytes that are
+                // gone (only try_lock is ever used on it, so this cannot deadlock).
                 self.cork();
                 self.process(batch);
                 self.uncork();
             }
+            drop(guard);
             if let ReadStatus::Closed(e) = status {
                 self.close(e);
                 return;
@@ -507,8 +532,16 @@ impl Conn {
         params: &[Value],
         deadline: Option<Instant>,
     ) -> Result<(u32, Arc<CallSlot>)> {
-        let slot = CallSlot::new();
+        let slot = CallSlot::new(deadline);
         let msgid = lock(&self.pending).insert(slot.clone())?;
+        if deadline.is_some() && self.deadlines_watched.load(Ordering::Acquire) {
+            let at = as_nanos(deadline);
+            if self.reactor_wakes_at.fetch_min(at, Ordering::AcqRel) > at {
+                if let Some(r) = self.reactor.get() {
+                    r.submit(|_| {}); // recompute the reactor's next wake-up
+                }
+            }
+        }
         if let Err(e) = self.send(deadline, |out| {
             codec::encode_request(out, msgid, method, params)
         }) {
@@ -530,11 +563,26 @@ impl Conn {
         lock(&self.pending).take(msgid);
     }
 
-    /// Expires a call whose deadline passed, if it is still pending.
-    pub(crate) fn expire(&self, msgid: u32) {
-        let slot = lock(&self.pending).take(msgid);
-        if let Some(slot) = slot {
+    /// Fails the calls whose deadline has passed; returns the next deadline.
+    pub(crate) fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let mut pending = lock(&self.pending);
+        let expired = pending.take_expired(now);
+        let next = pending.next_deadline();
+        drop(pending);
+        self.reactor_wakes_at
+            .store(as_nanos(next), Ordering::Release);
+        for slot in expired {
             slot.complete(Err(Error::Timeout));
+        }
+        next
+    }
+
+    /// Asks the reactor to enforce this connection's call deadlines (once).
+    pub(crate) fn watch_deadlines(self: &Arc<Self>) {
+        if !self.deadlines_watched.swap(true, Ordering::AcqRel) {
+            if let Some(r) = self.reactor.get() {
+                r.watch_deadlines(Arc::downgrade(self));
+            }
         }
     }
 
@@ -555,11 +603,29 @@ impl Conn {
             }
             let now = Instant::now();
             if until.is_some_and(|u| now >= u) {
+                // Time is up, but when nobody else reads this connection, look
+                // at the socket once without waiting: otherwise polling with a
+                // zero wait would never see a reply.
+                if !led && self.reactor.get().is_none() {
+                    if let Ok(guard) = self.read.try_lock() {
+                        led = true;
+                        self.lead_once(guard, until);
+                        continue;
+                    }
+                }
                 break None;
             }
             if self.reactor.get().is_none() {
+                // Announce the wait before looking at the lock: a reader that
+                // leaves after this look finds us and hands over its role.
+                slot.mark_waiting();
                 if let Ok(guard) = self.read.try_lock() {
                     led = true;
+                    // The previous reader may have delivered our reply between
+                    // our look and taking the lock.
+                    if let Some(r) = slot.try_take() {
+                        break Some(r);
+                    }
                     self.lead_once(guard, until);
                     continue;
                 }

@@ -99,7 +99,6 @@ impl Peer {
             slot,
             msgid,
             deadline,
-            timer_armed: false,
             finished: false,
         })
     }
@@ -142,7 +141,6 @@ pub struct PendingCall {
     slot: Arc<CallSlot>,
     msgid: u32,
     deadline: Option<Instant>,
-    timer_armed: bool,
     finished: bool,
 }
 
@@ -208,11 +206,8 @@ impl PendingCall {
         if self.conn.reactor().is_none() {
             self.conn.attach_reactor(&ReactorHandle::client_reactor()?);
         }
-        if let (Some(deadline), false) = (self.deadline, self.timer_armed) {
-            self.timer_armed = true;
-            if let Some(r) = self.conn.reactor() {
-                r.add_timer(deadline, Arc::downgrade(&self.conn), self.msgid);
-            }
+        if self.deadline.is_some() {
+            self.conn.watch_deadlines();
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! A [`CallSlot`] is where a reply lands. It wakes whoever waits on it: a thread
 //! blocked in a synchronous call, a `Future`'s waker, or a completion callback.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -34,6 +34,8 @@ struct SlotState {
 pub(crate) struct CallSlot {
     state: Mutex<SlotState>,
     cv: Condvar,
+    /// When the call times out, if it does.
+    deadline: Option<Instant>,
 }
 
 /// Why [`CallSlot::wait`] returned.
@@ -52,8 +54,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CallSlot {
-    pub(crate) fn new() -> Arc<CallSlot> {
+    pub(crate) fn new(deadline: Option<Instant>) -> Arc<CallSlot> {
         Arc::new(CallSlot {
+            deadline,
             state: Mutex::new(SlotState {
                 outcome: Outcome::Waiting,
                 thread_waiting: false,
@@ -103,6 +106,11 @@ impl CallSlot {
 
     pub(crate) fn is_waiting(&self) -> bool {
         matches!(lock(&self.state).outcome, Outcome::Waiting)
+    }
+
+    /// Marks a thread as about to wait here, so that a promotion is not lost.
+    pub(crate) fn mark_waiting(&self) {
+        lock(&self.state).thread_waiting = true;
     }
 
     /// Blocks until the outcome is ready, the reading role is handed over, or `until`.
@@ -179,6 +187,8 @@ impl CallSlot {
 /// The in-flight table of one connection.
 pub(crate) struct Pending {
     calls: HashMap<u32, Arc<CallSlot>>,
+    /// Deadlines of the calls above, earliest first, for expiry by a reactor.
+    deadlines: BTreeSet<(Instant, u32)>,
     next_id: u32,
     max: usize,
     closed: Option<Error>,
@@ -188,6 +198,7 @@ impl Pending {
     pub(crate) fn new(max: usize) -> Pending {
         Pending {
             calls: HashMap::new(),
+            deadlines: BTreeSet::new(),
             next_id: 0,
             max,
             closed: None,
@@ -209,6 +220,9 @@ impl Pending {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1);
             if let std::collections::hash_map::Entry::Vacant(v) = self.calls.entry(id) {
+                if let Some(d) = slot.deadline {
+                    self.deadlines.insert((d, id));
+                }
                 v.insert(slot);
                 return Ok(id);
             }
@@ -217,7 +231,31 @@ impl Pending {
 
     /// Removes and returns the call with this msgid (reply arrived, expired or cancelled).
     pub(crate) fn take(&mut self, msgid: u32) -> Option<Arc<CallSlot>> {
-        self.calls.remove(&msgid)
+        let slot = self.calls.remove(&msgid)?;
+        if let Some(d) = slot.deadline {
+            self.deadlines.remove(&(d, msgid));
+        }
+        Some(slot)
+    }
+
+    /// The earliest deadline of a call in flight.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(d, _)| d)
+    }
+
+    /// Removes and returns the calls whose deadline is at or before `now`.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<Arc<CallSlot>> {
+        let mut expired = Vec::new();
+        while let Some(&(d, id)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(slot) = self.calls.remove(&id) {
+                expired.push(slot);
+            }
+        }
+        expired
     }
 
     /// Marks the table closed and returns every pending call, for the caller to fail.
@@ -225,6 +263,7 @@ impl Pending {
         if self.closed.is_none() {
             self.closed = Some(reason);
         }
+        self.deadlines.clear();
         self.calls.drain().map(|(_, s)| s).collect()
     }
 
@@ -259,40 +298,59 @@ mod tests {
     fn ids_wrap_and_skip_live_ones() {
         let mut p = Pending::new(10);
         p.set_next_id(u32::MAX);
-        assert_eq!(p.insert(CallSlot::new()).unwrap(), u32::MAX);
-        assert_eq!(p.insert(CallSlot::new()).unwrap(), 0);
-        assert_eq!(p.insert(CallSlot::new()).unwrap(), 1);
+        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), u32::MAX);
+        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 0);
+        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 1);
         p.set_next_id(u32::MAX);
-        assert_eq!(p.insert(CallSlot::new()).unwrap(), 2);
+        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 2);
     }
 
     #[test]
     fn limit_and_close() {
         let mut p = Pending::new(2);
-        let a = CallSlot::new();
+        let a = CallSlot::new(None);
         p.insert(a.clone()).unwrap();
-        p.insert(CallSlot::new()).unwrap();
+        p.insert(CallSlot::new(None)).unwrap();
         assert!(matches!(
-            p.insert(CallSlot::new()),
+            p.insert(CallSlot::new(None)),
             Err(Error::LimitExceeded(_))
         ));
         let all = p.close(Error::ConnectionLost("gone".into()));
         assert_eq!(all.len(), 2);
         assert!(matches!(
-            p.insert(CallSlot::new()),
+            p.insert(CallSlot::new(None)),
             Err(Error::ConnectionLost(_))
         ));
     }
 
     #[test]
+    fn deadlines_expire_in_order_and_leave_with_their_call() {
+        let mut p = Pending::new(10);
+        let t0 = Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let late = p.insert(CallSlot::new(Some(t0 + ms(30)))).unwrap();
+        let early = p.insert(CallSlot::new(Some(t0 + ms(10)))).unwrap();
+        let gone = p.insert(CallSlot::new(Some(t0 + ms(20)))).unwrap();
+        p.insert(CallSlot::new(None)).unwrap();
+        assert_eq!(p.next_deadline(), Some(t0 + ms(10)));
+        p.take(gone).unwrap();
+        assert_eq!(p.take_expired(t0 + ms(25)).len(), 1);
+        assert!(p.take(early).is_none());
+        assert_eq!(p.next_deadline(), Some(t0 + ms(30)));
+        assert!(p.take(late).is_some());
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
     fn complete_once_and_callback() {
-        let s = CallSlot::new();
+        let s = CallSlot::new(None);
         s.complete(Ok(Value::from(1)));
         s.complete(Ok(Value::from(2)));
         assert_eq!(s.try_take().unwrap().unwrap(), Value::from(1));
         assert!(s.try_take().is_none());
 
-        let s = CallSlot::new();
+        let s = CallSlot::new(None);
         let (tx, rx) = std::sync::mpsc::channel();
         s.set_callback(Box::new(move |r| tx.send(r.unwrap()).unwrap()));
         s.complete(Ok(Value::from(7)));

@@ -4,8 +4,7 @@
 //! listeners (for servers) and the timers of asynchronous calls. Other threads
 //! hand it work as closures through a queue and a `Waker`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
@@ -49,10 +48,9 @@ pub(crate) struct Core {
     tokens: HashMap<u64, Token>,
     listeners: HashMap<Token, Listener>,
     acceptor: Option<Acceptor>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    timer_calls: HashMap<u64, (Weak<Conn>, u32)>,
+    /// Connections whose calls have deadlines to enforce, with the next one.
+    timed: HashMap<u64, (Weak<Conn>, Option<Instant>)>,
     next_token: usize,
-    next_timer: u64,
     stop: bool,
 }
 
@@ -78,10 +76,8 @@ impl ReactorHandle {
             tokens: HashMap::new(),
             listeners: HashMap::new(),
             acceptor,
-            timers: BinaryHeap::new(),
-            timer_calls: HashMap::new(),
+            timed: HashMap::new(),
             next_token: 1,
-            next_timer: 0,
             stop: false,
         };
         let thread = std::thread::Builder::new()
@@ -146,13 +142,12 @@ impl ReactorHandle {
         self.submit(move |core| core.remove_conn_id(conn_id));
     }
 
-    /// Expires call `msgid` of `conn` at `deadline` unless it completed before.
-    pub(crate) fn add_timer(&self, deadline: Instant, conn: Weak<Conn>, msgid: u32) {
+    /// Enforces the deadlines of `conn`'s calls from now on.
+    pub(crate) fn watch_deadlines(&self, conn: Weak<Conn>) {
         self.submit(move |core| {
-            let id = core.next_timer;
-            core.next_timer += 1;
-            core.timers.push(Reverse((deadline, id)));
-            core.timer_calls.insert(id, (conn, msgid));
+            if let Some(c) = conn.upgrade() {
+                core.timed.insert(c.id(), (conn, Some(Instant::now())));
+            }
         });
     }
 }
@@ -162,9 +157,11 @@ impl Core {
         let mut events = Events::with_capacity(256);
         while !self.stop {
             let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
+                .timed
+                .values()
+                .filter_map(|(_, next)| *next)
+                .min()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -219,19 +216,17 @@ impl Core {
         }
     }
 
+    /// Fails calls whose deadline passed. Connections are looked at again
+    /// after every round, since calls come and go without telling the reactor.
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
-            if t > now {
-                break;
+        self.timed.retain(|_, (conn, next)| match conn.upgrade() {
+            Some(c) if !c.is_closed() => {
+                *next = c.expire_due(now);
+                true
             }
-            self.timers.pop();
-            if let Some((conn, msgid)) = self.timer_calls.remove(&id) {
-                if let Some(conn) = conn.upgrade() {
-                    conn.expire(msgid);
-                }
-            }
-        }
+            _ => false,
+        });
     }
 
     fn new_token(&mut self) -> Token {

@@ -1,0 +1,404 @@
+//! Server behaviour: limits, graceful shutdown, notifications from clients.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use foorpc::{Client, Error, Execution, Limits, Router, Server, Value};
+
+/// calc_router plus `block`: reports that it started, then answers once the gate opens.
+fn blocking_router(gate: &Gate) -> (Router, mpsc::Receiver<()>) {
+    let mut router = calc_router();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let g = gate.clone();
+    router.register("block", Execution::Pool, move |req| {
+        let _ = tx.lock().unwrap().send(());
+        g.wait(Duration::from_secs(20));
+        req.responder.ok(Value::from("unblocked"));
+    });
+    (router, rx)
+}
+
+// ---- limits -------------------------------------------------------------------
+
+#[test]
+fn max_in_flight_refuses_the_excess_and_the_connection_keeps_working() {
+    let gate = Gate::new();
+    let (router, started) = blocking_router(&gate);
+    let limits = Limits {
+        max_in_flight: 2,
+        ..Limits::default()
+    };
+    let server = start_with(router, "tcp://127.0.0.1:0", limits);
+    let address = server.local_addr().to_string();
+    let a = Client::connect(&address).unwrap();
+
+    let b1 = a.call_async("block", &[], CALL).unwrap();
+    let b2 = a.call_async("block", &[], CALL).unwrap();
+    for _ in 0..2 {
+        started.recv_timeout(PROMPT).expect("block did not start");
+    }
+    // Two requests are being handled: the next ones get an error reply each.
+    for i in 0..3 {
+        let err = a.call::<i64>("add", (i, 1)).unwrap_err();
+        let (_, msg) = code_message(&err);
+        assert!(msg.contains("limit exceeded"), "{msg}");
+    }
+    assert!(!a.is_closed());
+    // The limit is per connection: another client is not affected.
+    let other = Client::connect(&address).unwrap();
+    assert_eq!(other.call::<i64>("add", (1, 1)).unwrap(), 2);
+
+    gate.open();
+    assert_eq!(b1.wait().unwrap(), Value::from("unblocked"));
+    assert_eq!(b2.wait().unwrap(), Value::from("unblocked"));
+    // The slots are free again.
+    for i in 0..5 {
+        assert_eq!(a.call::<i64>("add", (i, 1)).unwrap(), i + 1);
+    }
+}
+
+#[test]
+fn max_connections_closes_the_extra_connection_at_once() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let server = start_with(calc_router(), "tcp://127.0.0.1:0", limits);
+    let address = server.local_addr().to_string();
+    let a = Client::connect(&address).unwrap();
+    let b = Client::connect(&address).unwrap();
+    assert_eq!(a.call::<i64>("add", (1, 1)).unwrap(), 2);
+    assert_eq!(b.call::<i64>("add", (2, 2)).unwrap(), 4);
+    assert!(eventually(PROMPT, || server.connection_count() == 2));
+
+    // A third connection is closed at once (with no reply to its request).
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    raw.send(&request_bytes(1, "add", &[Value::from(1), Value::from(2)]));
+    let seen = raw.expect_closed_within(PROMPT);
+    assert!(seen.is_empty(), "{seen:?}");
+    // A foorpc client over the limit fails its call, it does not hang.
+    let c = Client::connect(&address).unwrap();
+    let start = Instant::now();
+    let err = c
+        .call::<i64>("add", (1, 2))
+        .expect_err("a call over the connection limit succeeded");
+    assert!(err.is_connection_error(), "{err:?}");
+    assert!(start.elapsed() < PROMPT);
+
+    // The existing connections keep working.
+    assert_eq!(a.call::<i64>("add", (3, 3)).unwrap(), 6);
+    assert_eq!(b.call::<i64>("add", (4, 4)).unwrap(), 8);
+    assert_eq!(server.connection_count(), 2);
+
+    // Once one leaves, a new connection is accepted.
+    drop(a);
+    assert!(eventually(PROMPT, || server.connection_count() == 1));
+    let d = Client::connect(&address).unwrap();
+    assert_eq!(d.call::<i64>("add", (5, 5)).unwrap(), 10);
+}
+
+#[test]
+fn max_message_size_rejects_a_large_message() {
+    let limits = Limits {
+        max_message_size: 1024,
+        ..Limits::default()
+    };
+    let server = start_with(calc_router(), "tcp://127.0.0.1:0", limits);
+    let address = server.local_addr().to_string();
+    let small = Client::connect(&address).unwrap();
+    let big = Client::connect(&address).unwrap();
+
+    let ok = Value::Binary(vec![7; 500]);
+    assert_eq!(
+        small
+            .call_value("echo", std::slice::from_ref(&ok), CALL)
+            .unwrap(),
+        ok
+    );
+
+    let start = Instant::now();
+    let err = big
+        .call_value(
+            "echo",
+            &[Value::Binary(vec![7; 2000])],
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(big.is_closed());
+    // Only the offending connection was closed.
+    assert_eq!(
+        small
+            .call_value("echo", std::slice::from_ref(&ok), CALL)
+            .unwrap(),
+        ok
+    );
+    assert!(eventually(PROMPT, || server.connection_count() == 1));
+}
+
+#[test]
+fn client_limits_apply_to_replies() {
+    let server = start_tcp(calc_router());
+    let address = server.local_addr().to_string();
+    let client = Client::builder()
+        .limits(Limits {
+            max_message_size: 1024,
+            max_depth: 8,
+            ..Limits::default()
+        })
+        .connect(&address)
+        .unwrap();
+    let ok = Value::Binary(vec![1; 500]);
+    assert_eq!(
+        client
+            .call_value("echo", std::slice::from_ref(&ok), CALL)
+            .unwrap(),
+        ok
+    );
+    // The reply is too large for this client.
+    match client.call_value("echo", &[Value::Binary(vec![1; 2000])], CALL) {
+        Err(Error::Protocol(m)) => assert!(m.contains("limit"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(client.is_closed());
+
+    // Too deep for this client.
+    let client = Client::builder()
+        .limits(Limits {
+            max_depth: 8,
+            ..Limits::default()
+        })
+        .connect(&address)
+        .unwrap();
+    let mut deep = Value::Nil;
+    for _ in 0..10 {
+        deep = Value::Array(vec![deep]);
+    }
+    assert!(matches!(
+        client.call_value("echo", &[deep], CALL),
+        Err(Error::Protocol(_))
+    ));
+}
+
+#[test]
+fn custom_depth_limit_on_the_server() {
+    let limits = Limits {
+        max_depth: 4,
+        ..Limits::default()
+    };
+    let server = start_with(calc_router(), "tcp://127.0.0.1:0", limits);
+    let address = server.local_addr().to_string();
+    let client = Client::connect(&address).unwrap();
+    // message(1) > params(2) > [x](3) > [nil](4): allowed.
+    let ok = Value::Array(vec![Value::Array(vec![Value::Nil])]);
+    assert_eq!(
+        client
+            .call_value("echo", std::slice::from_ref(&ok), CALL)
+            .unwrap(),
+        ok
+    );
+    let too_deep = Value::Array(vec![ok]);
+    let err = client.call_value("echo", &[too_deep], CALL).unwrap_err();
+    assert!(err.is_connection_error(), "{err:?}");
+}
+
+// ---- graceful shutdown ------------------------------------------------------------
+
+#[test]
+fn shutdown_lets_a_call_in_flight_finish() {
+    let mut router = calc_router();
+    let (tx, started) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    router.register("slow", Execution::Pool, move |req| {
+        let _ = tx.lock().unwrap().send(());
+        thread::sleep(Duration::from_millis(300));
+        req.responder.ok(Value::from("done"));
+    });
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let caller = {
+        let c = client.clone();
+        thread::spawn(move || c.call_value("slow", &[], Some(Duration::from_secs(10))))
+    };
+    started.recv_timeout(PROMPT).unwrap();
+    server.shutdown();
+    assert_eq!(caller.join().unwrap().unwrap(), Value::from("done"));
+    // After shutdown the connection is closed.
+    assert!(client
+        .call_value("add", &[Value::from(1), Value::from(1)], Some(PROMPT))
+        .unwrap_err()
+        .is_connection_error());
+    server.shutdown(); // twice is fine
+}
+
+#[test]
+fn shutdown_refuses_new_connections_and_requests_while_draining() {
+    let gate = Gate::new();
+    let (router, started) = blocking_router(&gate);
+    let server = start_tcp(router);
+    let address = server.local_addr().to_string();
+    let busy = Client::connect(&address).unwrap();
+    let idle = Client::connect(&address).unwrap();
+    assert_eq!(idle.call::<i64>("add", (1, 1)).unwrap(), 2);
+
+    let call_done = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (busy, call_done) = (busy.clone(), call_done.clone());
+        thread::spawn(move || {
+            let r = busy.call_value("block", &[], Some(Duration::from_secs(10)));
+            call_done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    started.recv_timeout(PROMPT).unwrap();
+
+    thread::scope(|s| {
+        let shutting = s.spawn(|| server.shutdown());
+        // New connections are refused once shutdown has started.
+        assert!(
+            eventually(PROMPT, || Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .connect(&address)
+                .is_err()),
+            "still accepting connections during shutdown"
+        );
+        // New requests on open connections get an error reply.
+        let mut last = None;
+        assert!(
+            eventually(PROMPT, || {
+                let r = idle.call::<i64>("add", (1, 1));
+                let refused = matches!(&r, Err(Error::Remote(_)));
+                last = Some(r);
+                refused
+            }),
+            "requests still served during shutdown: {last:?}"
+        );
+        let (_, msg) = code_message(last.unwrap().as_ref().unwrap_err());
+        assert!(msg.contains("shutting down"), "{msg}");
+        // The call in flight is still waiting for its handler, not cut off.
+        assert!(!call_done.load(Ordering::SeqCst));
+        assert!(!shutting.is_finished());
+        gate.open();
+        shutting.join().unwrap();
+    });
+    assert_eq!(caller.join().unwrap().unwrap(), Value::from("unblocked"));
+    assert!(eventually(PROMPT, || idle
+        .call::<i64>("add", (1, 1))
+        .is_err_and(|e| e.is_connection_error())));
+}
+
+#[test]
+fn shutdown_does_not_wait_longer_than_the_drain_timeout() {
+    let gate = Gate::new();
+    let (router, started) = blocking_router(&gate);
+    let server = Server::builder()
+        .router(router)
+        .drain_timeout(Duration::from_millis(200))
+        .bind("tcp://127.0.0.1:0")
+        .unwrap()
+        .start()
+        .unwrap();
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let caller = {
+        let c = client.clone();
+        thread::spawn(move || c.call_value("block", &[], Some(Duration::from_secs(20))))
+    };
+    started.recv_timeout(PROMPT).unwrap();
+    let start = Instant::now();
+    server.shutdown();
+    assert!(start.elapsed() < Duration::from_secs(10), "shutdown hung");
+    // The abandoned call fails instead of waiting for its 20 s timeout.
+    let r = caller.join().unwrap();
+    assert!(r.as_ref().is_err_and(|e| e.is_connection_error()), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    gate.open();
+}
+
+#[test]
+fn unix_socket_file_is_removed_after_shutdown() {
+    let dir = TempDir::new("shutdown");
+    let (address, path) = dir.socket("srv.sock");
+    let server = start(calc_router(), &address);
+    assert!(path.exists());
+    let client = Client::connect(&address).unwrap();
+    assert_eq!(client.call::<i64>("add", (2, 3)).unwrap(), 5);
+    server.shutdown();
+    assert!(!path.exists(), "the socket file was left behind");
+    assert!(Client::connect(&address).is_err());
+    // A new server can bind the same path.
+    let again = start(calc_router(), &address);
+    let client = Client::connect(&address).unwrap();
+    assert_eq!(client.call::<i64>("add", (3, 3)).unwrap(), 6);
+    drop(again);
+    assert!(!path.exists());
+}
+
+#[test]
+fn one_server_several_addresses() {
+    let dir = TempDir::new("multi");
+    let (unix, _) = dir.socket("m.sock");
+    let server = Server::builder()
+        .router(calc_router())
+        .bind("tcp://127.0.0.1:0")
+        .unwrap()
+        .bind(&unix)
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(server.local_addrs().len(), 2);
+    for addr in server.local_addrs() {
+        let c = Client::connect(&addr.to_string()).unwrap();
+        assert_eq!(c.call::<i64>("add", (20, 22)).unwrap(), 42);
+    }
+    assert!(matches!(Server::builder().start(), Err(Error::Usage(_))));
+}
+
+// ---- notifications --------------------------------------------------------------
+
+#[test]
+fn client_notifications_arrive_in_order() {
+    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let pooled = Arc::new(AtomicUsize::new(0));
+    let unknown = Arc::new(AtomicUsize::new(0));
+    let mut router = calc_router();
+    {
+        let notes = seen.clone();
+        router.notification("note", Execution::Inline, move |n| {
+            let v = n.params.first().and_then(Value::as_i64).expect("an int");
+            notes.lock().unwrap().push(v);
+        });
+        let pooled = pooled.clone();
+        router.notification("slow_note", Execution::Pool, move |_| {
+            pooled.fetch_add(1, Ordering::SeqCst);
+        });
+        let unknown = unknown.clone();
+        router.notification_fallback(Execution::Inline, move |n| {
+            assert_eq!(n.method, "whatever");
+            unknown.fetch_add(1, Ordering::SeqCst);
+        });
+        let seen = seen.clone();
+        router.method("seen", move |_| {
+            let v = seen.lock().unwrap().clone();
+            Ok(Value::Array(v.into_iter().map(Value::from).collect()))
+        });
+    }
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    for i in 0..100i64 {
+        client.notify("note", &[Value::from(i)]).unwrap();
+        client.notify("slow_note", &[]).unwrap();
+        client.notify("whatever", &[]).unwrap();
+    }
+    // The call is read after the notes, so it sees all of them, in order.
+    let got: Vec<i64> = client.call("seen", ()).unwrap();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert_eq!(unknown.load(Ordering::SeqCst), 100);
+    assert!(eventually(PROMPT, || pooled.load(Ordering::SeqCst) == 100));
+}
