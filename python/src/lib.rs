@@ -1,1 +1,29 @@
-//! Python bindings of foorpc.
+//! Python bindings of foorpc: the private extension module `foorpc._native`.
+//!
+//! The public API is the `foorpc` package (pysrc/foorpc), which re-exports
+//! and extends these classes.
+
+mod client;
+mod convert;
+mod errors;
+mod server;
+
+#[pyo3::pymodule(gil_used = false)]
+mod _native {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::client::{CancelOnDone, Client, Completions, Peer};
+    #[pymodule_export]
+    use crate::server::{Responder, ServerCore};
+
+    /// Deepest nesting of lists and dicts converted to or from MessagePack.
+    #[pymodule_export]
+    const MAX_DEPTH: usize = crate::convert::MAX_DEPTH;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}

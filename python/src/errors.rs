@@ -1,0 +1,77 @@
+//! The one place where foorpc errors become Python exceptions.
+//!
+//! The exception classes are defined in Python (`foorpc._errors`) and
+//! imported here.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::convert;
+
+pyo3::import_exception!(foorpc._errors, RpcError);
+pyo3::import_exception!(foorpc._errors, RemoteError);
+pyo3::import_exception!(foorpc._errors, RpcTimeoutError);
+pyo3::import_exception!(foorpc._errors, ConnectionLostError);
+
+/// A foorpc error on its way to Python.
+pub struct Error(pub foorpc::Error);
+
+impl From<foorpc::Error> for Error {
+    fn from(e: foorpc::Error) -> Self {
+        Error(e)
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(Error(e): Error) -> PyErr {
+        match e {
+            foorpc::Error::Remote(v) => Python::attach(|py| match convert::to_py(py, v) {
+                Ok(obj) => RemoteError::new_err((obj.unbind(),)),
+                Err(err) => err,
+            }),
+            foorpc::Error::Timeout => RpcTimeoutError::new_err("call timed out"),
+            foorpc::Error::Closed => ConnectionLostError::new_err("the connection was closed"),
+            e @ (foorpc::Error::ConnectionLost(_) | foorpc::Error::Io { .. }) => {
+                ConnectionLostError::new_err(e.to_string())
+            }
+            e @ foorpc::Error::InvalidAddress(_) => PyValueError::new_err(e.to_string()),
+            e => RpcError::new_err(e.to_string()),
+        }
+    }
+}
+
+/// The error object sent in reply when a Python handler raised `err`:
+/// a `RemoteError`'s `.error` unchanged, otherwise `[0, "TypeName: message"]`.
+pub fn error_object(py: Python<'_>, err: &PyErr) -> foorpc::Value {
+    let value = err.value(py);
+    if value.is_instance_of::<RemoteError>() {
+        if let Ok(obj) = value.getattr("error") {
+            if let Ok(v) = convert::to_value(&obj, 0) {
+                return v;
+            }
+        }
+    }
+    let name = value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let msg = value
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| String::new());
+    let text = if msg.is_empty() {
+        name
+    } else {
+        format!("{name}: {msg}")
+    };
+    foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, text)
+}
+
+/// The error for objects used in a child process after `fork()`.
+pub fn forked(what: &str) -> PyErr {
+    RpcError::new_err(format!(
+        "this {what} was created before os.fork() and cannot be used in the child process \
+         (its connection belongs to the parent); create a new one in the child"
+    ))
+}

@@ -1,0 +1,356 @@
+//! `ServerCore` (the native half of `foorpc.Server`), handlers and `Responder`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foorpc::{Execution, Notification, Request, Router, Value};
+use pyo3::exceptions::PyBaseException;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::client::{seconds, Peer};
+use crate::convert;
+use crate::errors::{self, Error};
+
+/// A Python callable registered as a method or notification handler.
+#[derive(Clone)]
+pub struct Handler {
+    func: Arc<Py<PyAny>>,
+    /// Pass a `Peer` as the first argument.
+    pass_peer: bool,
+    /// Called as `func(responder, args)` on the I/O thread; answers later
+    /// through the responder (async handlers scheduled on an asyncio loop).
+    deferred: bool,
+}
+
+impl Handler {
+    pub fn new(func: Py<PyAny>, pass_peer: bool, deferred: bool) -> Handler {
+        Handler {
+            func: Arc::new(func),
+            pass_peer,
+            deferred,
+        }
+    }
+
+    fn args<'py>(
+        &self,
+        py: Python<'py>,
+        params: Vec<Value>,
+        peer: foorpc::Peer,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut items = Vec::with_capacity(params.len() + 1);
+        if self.pass_peer {
+            items.push(Bound::new(py, Peer::new(peer))?.into_any());
+        }
+        for v in params {
+            items.push(convert::to_py(py, v)?);
+        }
+        PyTuple::new(py, items)
+    }
+}
+
+/// Builds a core router from Python handlers: plain methods run on the worker
+/// pool, deferred ones (and notifications) on the I/O thread.
+pub fn build_router(methods: Vec<(String, Handler)>, notes: Vec<(String, Handler)>) -> Router {
+    let mut router = Router::new();
+    for (name, h) in methods {
+        if h.deferred {
+            router.register(&name, Execution::Inline, move |req| run_deferred(&h, req));
+        } else {
+            router.register(&name, Execution::Pool, move |req| run_method(&h, req));
+        }
+    }
+    for (name, h) in notes {
+        router.notification(&name, Execution::Inline, move |n| run_notification(&h, n));
+    }
+    router
+}
+
+fn run_method(h: &Handler, req: Request) {
+    let Request {
+        params,
+        peer,
+        responder,
+        ..
+    } = req;
+    let outcome = Python::attach(|py| {
+        let result = h
+            .args(py, params, peer)
+            .and_then(|args| h.func.bind(py).call1(args))
+            .and_then(|out| convert::to_value(&out, 0));
+        result.map_err(|e| errors::error_object(py, &e))
+    });
+    match outcome {
+        Ok(v) => responder.ok(v),
+        Err(e) => responder.error(e),
+    }
+}
+
+fn run_deferred(h: &Handler, req: Request) {
+    let Request {
+        params,
+        peer,
+        responder,
+        ..
+    } = req;
+    Python::attach(|py| {
+        let args = match h.args(py, params, peer) {
+            Ok(a) => a,
+            Err(e) => return responder.error(errors::error_object(py, &e)),
+        };
+        let r = match Bound::new(py, Responder::new(responder)) {
+            Ok(r) => r,
+            Err(e) => return e.write_unraisable(py, None),
+        };
+        if let Err(e) = h.func.bind(py).call1((r.clone(), args)) {
+            r.get().send(Err(errors::error_object(py, &e)));
+        }
+    })
+}
+
+fn run_notification(h: &Handler, n: Notification) {
+    let Notification { params, peer, .. } = n;
+    Python::attach(|py| {
+        let r = h
+            .args(py, params, peer)
+            .and_then(|args| h.func.bind(py).call1(args));
+        if let Err(e) = r {
+            e.write_unraisable(py, Some(h.func.bind(py)));
+        }
+    })
+}
+
+/// Answers one request, once (later answers are ignored). Dropping it
+/// unanswered sends an error reply.
+#[pyclass(module = "foorpc._native", frozen)]
+pub struct Responder {
+    inner: Mutex<Option<foorpc::Responder>>,
+}
+
+impl Responder {
+    fn new(r: foorpc::Responder) -> Responder {
+        Responder {
+            inner: Mutex::new(Some(r)),
+        }
+    }
+
+    fn send(&self, outcome: Result<Value, Value>) -> bool {
+        let r = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(r) = r else { return false };
+        match outcome {
+            Ok(v) => r.ok(v),
+            Err(e) => r.error(e),
+        }
+        true
+    }
+}
+
+#[pymethods]
+impl Responder {
+    /// Answers with `result`; False if the request was already answered.
+    /// A result that cannot be converted answers with that error instead.
+    fn ok(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> bool {
+        let outcome = convert::to_value(result, 0).map_err(|e| errors::error_object(py, &e));
+        py.detach(|| self.send(outcome))
+    }
+
+    /// Answers with the error object `error`, sent unchanged.
+    fn error(&self, py: Python<'_>, error: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let e = convert::to_value(error, 0)?;
+        Ok(py.detach(|| self.send(Err(e))))
+    }
+
+    /// Answers with the error reply for the exception `exc`
+    /// (`[0, "TypeName: message"]`, or a RemoteError's `.error`).
+    fn exception(&self, py: Python<'_>, exc: &Bound<'_, PyBaseException>) -> bool {
+        let e = errors::error_object(py, &PyErr::from_value(exc.clone().into_any()));
+        py.detach(|| self.send(Err(e)))
+    }
+
+    /// True once answered.
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
+struct State {
+    methods: Vec<(String, Handler)>,
+    notes: Vec<(String, Handler)>,
+    builder: Option<foorpc::ServerBuilder>,
+    addresses: Vec<String>,
+    server: Option<Arc<foorpc::Server>>,
+    /// Started (or starting) or shut down: no more registrations.
+    stopped: bool,
+    shutdown_requested: bool,
+}
+
+/// The native half of `foorpc.Server`: handlers, addresses, the running server.
+#[pyclass(module = "foorpc._native", frozen)]
+pub struct ServerCore {
+    state: Mutex<State>,
+}
+
+impl ServerCore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn not_running(st: &State) -> PyResult<()> {
+    if st.server.is_some() || st.stopped {
+        return Err(PyRuntimeError::new_err(
+            "the server was already started; register handlers and bind before start()",
+        ));
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl ServerCore {
+    #[new]
+    #[pyo3(
+        signature = (*, timeout = Some(30.0), drain_timeout = 10.0),
+        text_signature = "(*, timeout=30.0, drain_timeout=10.0)"
+    )]
+    fn new(timeout: Option<f64>, drain_timeout: f64) -> PyResult<Self> {
+        let call_timeout = match timeout {
+            None => None,
+            Some(s) => seconds(s)?,
+        };
+        let drain = seconds(drain_timeout)?.unwrap_or(Duration::from_secs(u32::MAX as u64));
+        let builder = foorpc::Server::builder()
+            .call_timeout(call_timeout)
+            .drain_timeout(drain);
+        Ok(ServerCore {
+            state: Mutex::new(State {
+                methods: Vec::new(),
+                notes: Vec::new(),
+                builder: Some(builder),
+                addresses: Vec::new(),
+                server: None,
+                stopped: false,
+                shutdown_requested: false,
+            }),
+        })
+    }
+
+    /// Registers a method handler (see `Handler`).
+    #[pyo3(signature = (name, func, *, pass_peer = false, deferred = false))]
+    fn add_method(
+        &self,
+        name: String,
+        func: Py<PyAny>,
+        pass_peer: bool,
+        deferred: bool,
+    ) -> PyResult<()> {
+        let mut st = self.lock();
+        not_running(&st)?;
+        st.methods.retain(|(n, _)| *n != name);
+        st.methods
+            .push((name, Handler::new(func, pass_peer, deferred)));
+        Ok(())
+    }
+
+    /// Registers a notification handler (run on the I/O thread, in arrival order).
+    #[pyo3(signature = (name, func, *, pass_peer = false))]
+    fn add_notification(&self, name: String, func: Py<PyAny>, pass_peer: bool) -> PyResult<()> {
+        let mut st = self.lock();
+        not_running(&st)?;
+        st.notes.retain(|(n, _)| *n != name);
+        st.notes.push((name, Handler::new(func, pass_peer, false)));
+        Ok(())
+    }
+
+    /// Binds `tcp://HOST:PORT` (port 0: any free port) or `unix:///PATH` now;
+    /// returns the bound address with its real port.
+    fn bind(&self, py: Python<'_>, address: String) -> PyResult<String> {
+        let listener = py
+            .detach(|| {
+                let addr = foorpc::Address::parse(&address)?;
+                let l = foorpc::transport::Listener::bind(&addr)?;
+                let real = l.local_address()?;
+                Ok::<_, foorpc::Error>((l, real))
+            })
+            .map_err(Error)?;
+        let mut st = self.lock();
+        not_running(&st)?;
+        let (l, real) = listener;
+        let b = st.builder.take().expect("builder present before start");
+        st.builder = Some(b.listener(l));
+        let real = real.to_string();
+        st.addresses.push(real.clone());
+        Ok(real)
+    }
+
+    /// Starts serving in the background (I/O on foorpc's threads).
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        // The lock is never held while the GIL is released or taken.
+        let builder = {
+            let mut st = self.lock();
+            not_running(&st)?;
+            if st.addresses.is_empty() {
+                return Err(PyRuntimeError::new_err("bind an address before start()"));
+            }
+            let router = build_router(st.methods.clone(), st.notes.clone());
+            // Taking the builder out marks the server as started.
+            st.stopped = true;
+            st.builder
+                .take()
+                .expect("builder present before start")
+                .router(router)
+        };
+        let server = py.detach(|| builder.start()).map_err(Error)?;
+        let server = Arc::new(server);
+        let mut st = self.lock();
+        st.server = Some(server.clone());
+        let shut_down_meanwhile = st.shutdown_requested;
+        drop(st);
+        if shut_down_meanwhile {
+            py.detach(|| server.shutdown());
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting, let calls in flight finish (up to
+    /// the drain timeout), close connections. Blocks until done; idempotent.
+    fn shutdown(&self, py: Python<'_>) {
+        let server = {
+            let mut st = self.lock();
+            st.stopped = true;
+            st.shutdown_requested = true;
+            st.builder = None;
+            st.server.clone()
+        };
+        if let Some(s) = server {
+            py.detach(|| s.shutdown());
+        }
+    }
+
+    /// The bound addresses, with real ports.
+    #[getter]
+    fn addresses(&self) -> Vec<String> {
+        self.lock().addresses.clone()
+    }
+
+    /// True between start() and shutdown().
+    #[getter]
+    fn running(&self) -> bool {
+        let st = self.lock();
+        st.server.is_some() && !st.shutdown_requested
+    }
+
+    /// Connections open now.
+    #[getter]
+    fn connection_count(&self, py: Python<'_>) -> usize {
+        let server = self.lock().server.clone();
+        match server {
+            Some(s) => py.detach(|| s.connection_count()),
+            None => 0,
+        }
+    }
+}

@@ -1,0 +1,341 @@
+"""foorpc.Server: decorators, sync and async handlers, errors, callbacks,
+notifications, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import foorpc
+
+
+@pytest.fixture
+def server() -> Iterator[foorpc.Server]:
+    s = foorpc.Server()
+    yield s
+    s.shutdown()
+
+
+def serve(s: foorpc.Server) -> str:
+    addr = s.bind("tcp://127.0.0.1:0")
+    s.start()
+    return addr
+
+
+def test_decorator_forms(server: foorpc.Server) -> None:
+    @server.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @server.method("mul")
+    def multiply(a: int, b: int) -> int:
+        return a * b
+
+    @server.method()
+    def kw(a: int, b: int = 10) -> int:
+        return a + b
+
+    assert add(1, 2) == 3  # the decorator returns the function unchanged
+    addr = serve(server)
+    assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0")
+    assert server.address == addr and server.addresses == [addr]
+    with foorpc.Client(addr) as c:
+        assert c.add(1, 2) == 3
+        assert c.mul(6, 7) == 42
+        assert c.kw(1) == 11
+        with pytest.raises(foorpc.RemoteError) as ei:
+            c.multiply(1, 2)
+        assert ei.value.code == 1
+
+
+def test_values_reach_handler_with_python_types(server: foorpc.Server) -> None:
+    seen: list[Any] = []
+
+    @server.method
+    def take(*args: Any) -> Any:
+        seen.append(args)
+        return [type(a).__name__ for a in args]
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        got = c.take(None, True, 1, 2**64 - 1, 1.5, foorpc.Float32(1.0), "s", b"b", bytearray(b"x"),
+                     (1,), {"k": 1}, foorpc.ExtType(1, b"e"))
+    assert got == ["NoneType", "bool", "int", "int", "float", "Float32", "str", "bytes", "bytes",
+                   "list", "dict", "ExtType"]
+
+
+def test_exception_becomes_error_reply(server: foorpc.Server) -> None:
+    @server.method
+    def boom() -> None:
+        raise ValueError("bad value")
+
+    @server.method
+    def custom() -> None:
+        raise foorpc.RemoteError({"why": "custom", "n": [1, 2]})
+
+    @server.method
+    def bad_result() -> Any:
+        return object()
+
+    @server.method
+    def typeerr(a: int) -> int:
+        return a
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        with pytest.raises(foorpc.RemoteError) as ei:
+            c.boom()
+        assert ei.value.error == [0, "ValueError: bad value"]
+        assert ei.value.code == 0 and ei.value.message == "ValueError: bad value"
+        with pytest.raises(foorpc.RemoteError) as ei:
+            c.custom()
+        assert ei.value.error == {"why": "custom", "n": [1, 2]} and ei.value.code is None
+        with pytest.raises(foorpc.RemoteError, match="TypeError: cannot send a value of type object"):
+            c.bad_result()
+        with pytest.raises(foorpc.RemoteError, match="TypeError"):
+            c.typeerr(1, 2, 3)
+
+
+def test_error_reply_on_the_wire(server: foorpc.Server) -> None:
+    """The exact bytes: [1, msgid, [0, "TypeName: message"], nil]."""
+    import socket
+
+    import msgpack
+
+    @server.method
+    def boom() -> None:
+        raise KeyError("k")
+
+    addr = serve(server)
+    host, port = addr[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(msgpack.packb([0, 7, "boom", []]))
+        u = msgpack.Unpacker()
+        while True:
+            u.feed(s.recv(4096))
+            for msg in u:
+                assert msg == [1, 7, [0, "KeyError: 'k'"], None]
+                return
+
+
+def test_sync_handlers_run_concurrently(server: foorpc.Server) -> None:
+    @server.method
+    def slow(x: int) -> int:
+        time.sleep(0.3)
+        return x
+
+    @server.method
+    def fast(x: int) -> int:
+        return x
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        results: list[int] = []
+        ts = [threading.Thread(target=lambda i=i: results.append(c.slow(i))) for i in range(10)]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        time.sleep(0.05)
+        assert c.fast(1) == 1
+        assert time.monotonic() - t0 < 0.25  # not held up by the slow ones
+        for t in ts:
+            t.join()
+        assert sorted(results) == list(range(10))
+        assert time.monotonic() - t0 < 2
+
+
+def test_async_handlers(server: foorpc.Server) -> None:
+    @server.method
+    async def asleep(ms: int) -> int:
+        await asyncio.sleep(ms / 1000)
+        return ms
+
+    @server.method
+    async def araise() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("async failure")
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        results: list[int] = []
+        ts = [threading.Thread(target=lambda: results.append(c.asleep(200))) for _ in range(50)]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert results == [200] * 50
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(foorpc.RemoteError) as ei:
+            c.araise()
+        assert ei.value.error == [0, "RuntimeError: async failure"]
+
+
+def test_async_handlers_on_user_loop() -> None:
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        server = foorpc.Server(loop=loop)
+        ran_on: list[Any] = []
+
+        @server.method
+        async def where() -> str:
+            ran_on.append(asyncio.get_running_loop())
+            return "ok"
+
+        addr = serve(server)
+        with foorpc.Client(addr) as c:
+            assert c.where() == "ok"
+        assert ran_on == [loop]
+        server.shutdown()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        loop.close()
+
+
+def test_callback_into_client(server: foorpc.Server) -> None:
+    """A handler with a first parameter named `peer` calls back into its client."""
+
+    @server.method
+    def ask(peer: foorpc.Peer, x: int) -> Any:
+        assert isinstance(peer, foorpc.Peer)
+        return peer.call("double", x) + 1
+
+    @server.method
+    async def aask(peer, x):  # type: ignore[no-untyped-def]
+        return await peer.acall("double", x)
+
+    @server.method
+    def tell(peer: foorpc.Peer, msg: str) -> None:
+        peer.notify("told", msg)
+
+    addr = serve(server)
+    told: list[str] = []
+    got = threading.Event()
+
+    def on_told(msg: str) -> None:
+        told.append(msg)
+        got.set()
+
+    with foorpc.Client(addr, handlers={"double": lambda x: 2 * x},
+                       notification_handlers={"told": on_told}) as c:
+        assert c.ask(20) == 41
+        assert c.aask(21) == 42
+        assert c.tell("hi") is None
+        assert got.wait(5) and told == ["hi"]
+        with pytest.raises(foorpc.RemoteError, match="unknown method"):
+            c.call("aask_missing")
+
+
+def test_notifications_in_order(server: foorpc.Server) -> None:
+    seen: list[int] = []
+    done = threading.Event()
+
+    @server.notification
+    def tick(i: int) -> None:
+        seen.append(i)
+        if i == 999:
+            done.set()
+
+    @server.notification("raises")
+    def raises() -> None:
+        raise RuntimeError("ignored (logged)")
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        c.notify("raises")
+        c.notify("nobody_listens", 1)
+        for i in range(1000):
+            c.notify("tick", i)
+        assert done.wait(10)
+    assert seen == list(range(1000))
+
+
+def test_async_notifications(server: foorpc.Server) -> None:
+    seen: list[int] = []
+    done = threading.Event()
+
+    @server.notification
+    async def atick(i: int) -> None:
+        seen.append(i)
+        if i == 99:
+            done.set()
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        for i in range(100):
+            c.notify("atick", i)
+        assert done.wait(10)
+    assert seen == list(range(100))
+
+
+def test_serve_forever_and_shutdown() -> None:
+    server = foorpc.Server()
+    server.add_method("ping", lambda: "pong")
+    addr = server.bind("tcp://127.0.0.1:0")
+    th = threading.Thread(target=server.serve_forever)
+    th.start()
+    deadline = time.monotonic() + 5
+    while not server.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with foorpc.Client(addr) as c:
+        assert c.ping() == "pong"
+        server.shutdown()
+        th.join(5)
+        assert not th.is_alive()
+        with pytest.raises(foorpc.ConnectionLostError):
+            c.ping()
+    server.shutdown()  # idempotent
+
+
+def test_graceful_shutdown_finishes_calls_in_flight() -> None:
+    server = foorpc.Server()
+
+    @server.method
+    def slow() -> str:
+        time.sleep(0.3)
+        return "done"
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        out: list[Any] = []
+        t = threading.Thread(target=lambda: out.append(c.slow()))
+        t.start()
+        time.sleep(0.1)
+        server.shutdown()
+        t.join(5)
+        assert out == ["done"]
+
+
+def test_context_manager_and_registration_rules() -> None:
+    with foorpc.Server() as server:
+        server.add_method("x", lambda: 1)
+        with pytest.raises(RuntimeError, match="bind"):
+            server.start()
+        server.bind("tcp://127.0.0.1:0")
+        server.start()
+        with pytest.raises(RuntimeError, match="already started"):
+            server.add_method("y", lambda: 2)
+        with pytest.raises(ValueError):
+            foorpc.Server().bind("nope://x")
+    assert not server.running
+
+
+def test_serve_forever_stops_on_ctrl_c() -> None:
+    import _thread
+
+    server = foorpc.Server()
+    server.add_method("ping", lambda: "pong")
+    server.bind("tcp://127.0.0.1:0")
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        server.serve_forever()
+    assert time.monotonic() - t0 < 3
+    assert not server.running
