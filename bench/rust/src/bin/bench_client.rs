@@ -1,0 +1,100 @@
+//! foorpc's Rust client under test.
+//!
+//! Usage: `bench_client ADDRESS WHAT N [ARG]`, WHAT one of
+//! - `seq N`: N sequential `add(1, 2)` calls; prints `seq_p50_ns`, `seq_p99_ns`;
+//! - `pipe N WINDOW`: N `add(1, 2)` calls with WINDOW in flight on one
+//!   connection (call_async + wait, sliding window); prints `pipe_calls_per_s`;
+//! - `echo N BYTES`: N sequential `echo(bin)` calls; prints `echo_mib_per_s`
+//!   (payload MiB carried one way per second).
+//!
+//! Each command first runs a short warm-up that is not measured.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use foorpc::{Client, Value};
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: bench_client ADDRESS seq|pipe|echo N [WINDOW|BYTES]");
+        std::process::exit(2);
+    }
+    let client = Client::connect(&args[1]).unwrap_or_else(|e| {
+        eprintln!("bench_client: connect: {e}");
+        std::process::exit(1)
+    });
+    let n: usize = args[3].parse().expect("N");
+    let extra: usize = args.get(4).map_or(0, |s| s.parse().expect("number"));
+    let params = [Value::from(1), Value::from(2)];
+    let add = |c: &Client| {
+        let v = c.call_value("add", &params, None).expect("add");
+        debug_assert_eq!(v.as_i64(), Some(3));
+    };
+    match args[2].as_str() {
+        "seq" => {
+            for _ in 0..(n / 10).max(100) {
+                add(&client);
+            }
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                add(&client);
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            lat.sort_unstable();
+            println!("seq_p50_ns {}", percentile(&lat, 0.50));
+            println!("seq_p99_ns {}", percentile(&lat, 0.99));
+        }
+        "pipe" => {
+            let window = extra.max(1);
+            let run = |count: usize| {
+                let mut inflight = VecDeque::with_capacity(window);
+                for _ in 0..count {
+                    if inflight.len() == window {
+                        let call: foorpc::PendingCall = inflight.pop_front().unwrap();
+                        call.wait().expect("add");
+                    }
+                    inflight.push_back(client.call_async("add", &params, None).expect("send"));
+                }
+                for call in inflight {
+                    call.wait().expect("add");
+                }
+            };
+            run((n / 10).max(window * 4));
+            let t = Instant::now();
+            run(n);
+            let secs = t.elapsed().as_secs_f64();
+            println!("pipe_calls_per_s {:.0}", n as f64 / secs);
+        }
+        "echo" => {
+            let payload = Value::Binary(vec![0xab; extra.max(1)]);
+            let params = [payload];
+            let call = || {
+                let v = client.call_value("echo", &params, None).expect("echo");
+                assert_eq!(v.as_slice().map(<[u8]>::len), Some(extra.max(1)));
+            };
+            for _ in 0..(n / 10).max(3) {
+                call();
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                call();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "echo_mib_per_s {:.1}",
+                (n * extra.max(1)) as f64 / secs / (1024.0 * 1024.0)
+            );
+        }
+        other => {
+            eprintln!("bench_client: unknown benchmark {other}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+# Benchmarks (bench/README.md): every figure beside its baseline, in one run.
+# Not part of `make test`: benchmarks never assert on timings.
+.PHONY: bench bench-quick
+
+## Every benchmark, 5 rounds (+1 warm-up); prints one line per figure and ratio.
+bench:
+	bench/run
+
+## The same in under 3 minutes: 3 rounds, fewer calls.
+bench-quick:
+	bench/run --quick
