@@ -77,6 +77,8 @@ impl ClientBuilder {
         if serves {
             // The server may call at any time, not only while a call of ours waits.
             conn.attach_reactor(&ReactorHandle::client_reactor()?);
+        } else {
+            conn.use_blocking_reads();
         }
         Ok(Client {
             peer: Peer::new(conn.clone()),

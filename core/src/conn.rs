@@ -94,6 +94,10 @@ pub(crate) struct Conn {
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
     deadlines_watched: AtomicBool,
+    /// Caller-driven with a blocking socket: a leader waits inside `recv`.
+    blocking_reads: AtomicBool,
+    /// The socket's receive timeout now, in microseconds (u64::MAX: unset).
+    recv_timeout_us: AtomicU64,
     /// The deadline the reactor will wake up for next (nanoseconds after
     /// `epoch()`, u64::MAX for none); an earlier new call wakes it sooner.
     reactor_wakes_at: AtomicU64,
@@ -136,6 +140,8 @@ impl Conn {
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             deadlines_watched: AtomicBool::new(false),
+            blocking_reads: AtomicBool::new(false),
+            recv_timeout_us: AtomicU64::new(u64::MAX),
             reactor_wakes_at: AtomicU64::new(u64::MAX),
             fork_generation: fork::generation(),
         })
@@ -166,8 +172,19 @@ impl Conn {
         let _ = self.reactor.set(reactor.clone());
     }
 
+    /// For a connection read by its callers: make the socket blocking so
+    /// that a waiting caller sleeps inside `recv` (one syscall, not two).
+    pub(crate) fn use_blocking_reads(&self) {
+        if self.reactor.get().is_none() && self.stream.set_blocking(true).is_ok() {
+            self.blocking_reads.store(true, Ordering::Release);
+        }
+    }
+
     /// Hands this connection to `reactor` (once); from then on the reactor reads.
     pub(crate) fn attach_reactor(self: &Arc<Self>, reactor: &ReactorHandle) {
+        if self.blocking_reads.swap(false, Ordering::AcqRel) {
+            let _ = self.stream.set_blocking(false);
+        }
         if self.reactor.set(reactor.clone()).is_ok() {
             reactor.add_conn(self.clone());
         }
@@ -285,7 +302,7 @@ impl Conn {
                 Ok(guard) => {
                     let revents = poll_fd_events(self.fd(), libc::POLLIN | libc::POLLOUT, slice);
                     if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                        self.pump(guard);
+                        self.pump(guard, false);
                     }
                 }
                 Err(_) => {
@@ -341,16 +358,16 @@ impl Conn {
     pub(crate) fn on_readable(self: &Arc<Self>) {
         self.read_wanted.store(true, Ordering::SeqCst);
         if let Ok(guard) = self.read.try_lock() {
-            self.pump(guard);
+            self.pump(guard, false);
         }
     }
 
     /// Reads and processes until nothing is left that someone asked to be read.
-    fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>) {
+    fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
             self.read_wanted.store(false, Ordering::SeqCst);
             let mut batch = Vec::new();
-            let status = self.read_batch(&mut guard, &mut batch);
+            let status = self.read_batch(&mut guard, &mut batch, std::mem::take(&mut wait));
             if !batch.is_empty() {
                 // Processed before the read lock is released: a caller that
                 // takes the lock next must find a reply read here already
@@ -376,14 +393,38 @@ impl Conn {
     }
 
     /// Reads what the socket has and decodes every complete message into `out`.
-    fn read_batch(self: &Arc<Self>, rs: &mut ReadState, out: &mut Vec<Message>) -> ReadStatus {
+    ///
+    /// With `wait`, the first read waits for data (up to the socket's receive
+    /// timeout, see [`Conn::lead_once`]).
+    fn read_batch(
+        self: &Arc<Self>,
+        rs: &mut ReadState,
+        out: &mut Vec<Message>,
+        mut wait: bool,
+    ) -> ReadStatus {
         if self.is_closed() {
             return ReadStatus::Closed(self.closed_error());
         }
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             loop {
-                let n = match self.stream.read(scratch) {
+                let read = if std::mem::take(&mut wait) {
+                    match self.stream.recv_wait(scratch) {
+                        // Nothing within the slice, or a signal: let the caller look again.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            return ReadStatus::Open
+                        }
+                        other => other,
+                    }
+                } else {
+                    self.stream.read(scratch)
+                };
+                let n = match read {
                     Ok(0) if rs.partial.is_empty() => {
                         return ReadStatus::Closed(Error::ConnectionLost(
                             "the peer closed the connection".into(),
@@ -663,14 +704,41 @@ impl Conn {
         until: Option<Instant>,
     ) {
         let want_write = lock(&self.write).pending();
+        if !want_write && self.blocking_reads.load(Ordering::Acquire) {
+            let wait = self.recv_slice(until);
+            self.pump(guard, wait);
+            return;
+        }
         let events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
         let revents = poll_fd_events(self.fd(), events, until);
         if revents & libc::POLLOUT != 0 {
             self.on_writable();
         }
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            self.pump(guard);
+            self.pump(guard, false);
         }
+    }
+
+    /// Sets the socket's receive timeout for a wait until `until`, in slices
+    /// of at most 50 ms rounded up to 5 ms so that the common cases (long
+    /// timeouts, Python's 50 ms signal-check slices) never change it: no
+    /// extra syscall per call. False when there is no time left to wait.
+    fn recv_slice(&self, until: Option<Instant>) -> bool {
+        const MAX_SLICE_US: u64 = 50_000;
+        const GRAIN_US: u64 = 5_000;
+        let left = until.map_or(MAX_SLICE_US, |u| {
+            u.saturating_duration_since(Instant::now())
+                .as_micros()
+                .min(MAX_SLICE_US as u128) as u64
+        });
+        if left == 0 {
+            return false;
+        }
+        let us = left.div_ceil(GRAIN_US) * GRAIN_US;
+        if self.recv_timeout_us.swap(us, Ordering::AcqRel) != us {
+            let _ = self.stream.set_recv_timeout(Duration::from_micros(us));
+        }
+        true
     }
 
     // ---- closing ------------------------------------------------------------

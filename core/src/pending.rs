@@ -22,8 +22,11 @@ enum Outcome {
 
 struct SlotState {
     outcome: Outcome,
-    /// A thread is blocked in [`CallSlot::wait`].
+    /// A thread waits for this call (it may be reading the socket itself).
     thread_waiting: bool,
+    /// That thread is asleep on the condvar: only then is a wake-up (a
+    /// futex syscall) needed.
+    sleeping: bool,
     /// The reading role was handed to the waiting thread.
     promoted: bool,
     waker: Option<Waker>,
@@ -60,6 +63,7 @@ impl CallSlot {
             state: Mutex::new(SlotState {
                 outcome: Outcome::Waiting,
                 thread_waiting: false,
+                sleeping: false,
                 promoted: false,
                 waker: None,
                 callback: None,
@@ -82,9 +86,9 @@ impl CallSlot {
         }
         st.outcome = Outcome::Ready(result);
         let waker = st.waker.take();
-        let thread_waiting = st.thread_waiting;
+        let sleeping = st.sleeping;
         drop(st);
-        if thread_waiting {
+        if sleeping {
             self.cv.notify_one();
         }
         if let Some(w) = waker {
@@ -129,11 +133,13 @@ impl CallSlot {
             if now >= until {
                 break;
             }
+            st.sleeping = true;
             st = self
                 .cv
                 .wait_timeout(st, until - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            st.sleeping = false;
         }
         st.thread_waiting = false;
         Wake::Look
@@ -146,8 +152,11 @@ impl CallSlot {
             return false;
         }
         st.promoted = true;
+        let sleeping = st.sleeping;
         drop(st);
-        self.cv.notify_one();
+        if sleeping {
+            self.cv.notify_one();
+        }
         true
     }
 

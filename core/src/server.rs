@@ -1,7 +1,7 @@
 //! The server: binds addresses, accepts connections on a reactor thread and
 //! dispatches requests to a [`Router`]'s handlers; shuts down gracefully.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,40 +19,58 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shared by a server and its connections: counts requests being handled so
 /// that shutdown can wait for them.
 pub(crate) struct ServerState {
-    in_flight: Mutex<usize>,
+    /// An atomic, not a mutex and condvar: counting must not cost a futex
+    /// call per request; only a draining shutdown is woken.
+    in_flight: AtomicUsize,
+    idle_lock: Mutex<()>,
     idle: Condvar,
     draining: AtomicBool,
 }
 
 impl ServerState {
+    fn new() -> ServerState {
+        ServerState {
+            in_flight: AtomicUsize::new(0),
+            idle_lock: Mutex::new(()),
+            idle: Condvar::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
     /// Counts a new request; false once the server is shutting down.
     pub(crate) fn begin_request(&self) -> bool {
-        if self.draining.load(Ordering::Acquire) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst) {
+            self.end_request();
             return false;
         }
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         true
     }
 
     pub(crate) fn end_request(&self) {
-        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        *n -= 1;
-        if *n == 0 {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.draining.load(Ordering::SeqCst)
+        {
+            let _guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.idle.notify_all();
         }
     }
 
+    /// Waits until no request is in flight, or `timeout`.
     fn wait_idle(&self, timeout: Duration) {
+        // Short waits: a request ending between the check and the wait
+        // costs at most one of them.
+        const RECHECK: Duration = Duration::from_millis(10);
         let deadline = Instant::now() + timeout;
-        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        while *n > 0 {
+        let mut guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
             let now = Instant::now();
             if now >= deadline {
                 return;
             }
-            n = self
+            guard = self
                 .idle
-                .wait_timeout(n, deadline - now)
+                .wait_timeout(guard, (deadline - now).min(RECHECK))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -132,11 +150,7 @@ impl ServerBuilder {
             .iter()
             .map(Listener::local_address)
             .collect::<Result<Vec<_>>>()?;
-        let state = Arc::new(ServerState {
-            in_flight: Mutex::new(0),
-            idle: Condvar::new(),
-            draining: AtomicBool::new(false),
-        });
+        let state = Arc::new(ServerState::new());
         let acceptor = Acceptor {
             config: ConnConfig {
                 limits: self.limits,
@@ -231,7 +245,7 @@ impl Server {
 
 fn drain_and_stop(reactor: &ReactorHandle, state: &ServerState, drain: Duration) {
     reactor.run_sync(|core| core.close_listeners());
-    state.draining.store(true, Ordering::Release);
+    state.draining.store(true, Ordering::SeqCst);
     state.wait_idle(drain);
     let conns = reactor
         .run_sync(|core| core.connections())
