@@ -319,6 +319,13 @@ impl Decoder {
         }
     }
 
+    /// How many bytes the buffer must hold before `decode` can make
+    /// progress (a lower bound on the pending message's size); lets a reader
+    /// size its buffer once for a large message.
+    pub fn bytes_needed(&self) -> usize {
+        self.need
+    }
+
     /// Tries to decode one message from the start of `buf`.
     ///
     /// `Ok(Some((msg, n)))`: the first `n` bytes were one complete message.

@@ -34,7 +34,7 @@ use crate::{fork, Value};
 const READ_CHUNK: usize = 64 * 1024;
 /// A write queue or partial-message buffer above this is freed once empty, so
 /// that an idle connection holds almost no memory.
-const KEEP_CAPACITY: usize = 64 * 1024;
+const KEEP_CAPACITY: usize = 2 * 1024 * 1024;
 /// A waiting follower looks for lost promotions at least this often.
 const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
 
@@ -75,6 +75,13 @@ impl WriteState {
     fn pending(&self) -> bool {
         self.pos < self.buf.len()
     }
+}
+
+enum Received {
+    Bytes(usize),
+    Nothing,
+    Eof,
+    Failed(std::io::Error),
 }
 
 enum ReadStatus {
@@ -408,51 +415,61 @@ impl Conn {
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             loop {
-                let read = if std::mem::take(&mut wait) {
-                    match self.stream.recv_wait(scratch) {
-                        // Nothing within the slice, or a signal: let the caller look again.
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                            ) =>
-                        {
-                            return ReadStatus::Open
-                        }
-                        other => other,
-                    }
+                // A big message in progress is read straight into its own
+                // buffer, sized once from the decoder's hint: no copy through
+                // the scratch buffer, no growing by doubling.
+                let need = rs.decoder.bytes_needed();
+                let direct = !rs.partial.is_empty() && need > rs.partial.len() + READ_CHUNK;
+                let read = if direct {
+                    let want = need - rs.partial.len();
+                    rs.partial.reserve(want);
+                    let spare = &mut rs.partial.spare_capacity_mut()[..want];
+                    // SAFETY: recv writes at most `want` bytes into this spare capacity.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), want)
+                    };
+                    self.receive(buf, std::mem::take(&mut wait))
                 } else {
-                    self.stream.read(scratch)
+                    self.receive(scratch, std::mem::take(&mut wait))
                 };
                 let n = match read {
-                    Ok(0) if rs.partial.is_empty() => {
+                    Received::Bytes(n) => n,
+                    Received::Nothing => return ReadStatus::Open,
+                    Received::Eof if rs.partial.is_empty() => {
                         return ReadStatus::Closed(Error::ConnectionLost(
                             "the peer closed the connection".into(),
                         ))
                     }
-                    Ok(0) => {
+                    Received::Eof => {
                         return ReadStatus::Closed(Error::ConnectionLost(
                             "the peer closed the connection in the middle of a message".into(),
                         ))
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        return ReadStatus::Open
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
+                    Received::Failed(e) => {
                         return ReadStatus::Closed(Error::ConnectionLost(format!(
                             "read failed: {e}"
                         )))
                     }
                 };
-                let result = if rs.partial.is_empty() {
+                let asked = if direct {
+                    let asked = need - rs.partial.len();
+                    // SAFETY: recv initialised these n bytes of spare capacity.
+                    unsafe { rs.partial.set_len(rs.partial.len() + n) };
+                    asked
+                } else {
+                    scratch.len()
+                };
+                let result = if direct && rs.partial.len() < need {
+                    Ok(())
+                } else if rs.partial.is_empty() {
                     // Common case: whole messages straight from the scratch buffer.
                     decode_all(&mut rs.decoder, &scratch[..n], out).map(|used| {
                         rs.partial.extend_from_slice(&scratch[used..n]);
                     })
                 } else {
-                    rs.partial.extend_from_slice(&scratch[..n]);
+                    if !direct {
+                        rs.partial.extend_from_slice(&scratch[..n]);
+                    }
                     decode_all(&mut rs.decoder, &rs.partial, out).map(|used| {
                         rs.partial.drain(..used);
                         if rs.partial.is_empty() && rs.partial.capacity() > KEEP_CAPACITY {
@@ -463,12 +480,32 @@ impl Conn {
                 if let Err(e) = result {
                     return ReadStatus::Closed(self.protocol_violation(e));
                 }
-                if n < scratch.len() {
+                if n < asked {
                     // A short read drained the socket; new data raises a new event.
                     return ReadStatus::Open;
                 }
             }
         })
+    }
+
+    /// One read: waiting (up to the receive timeout) when `wait`, else not.
+    fn receive(&self, buf: &mut [u8], wait: bool) -> Received {
+        loop {
+            let read = if wait {
+                self.stream.recv_wait(buf)
+            } else {
+                self.stream.read(buf)
+            };
+            return match read {
+                Ok(0) => Received::Eof,
+                Ok(n) => Received::Bytes(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Received::Nothing,
+                // A signal while waiting: let the caller look again (Ctrl-C in Python).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && wait => Received::Nothing,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Received::Failed(e),
+            };
+        }
     }
 
     /// Answers a violation where the msgid is known; the connection then closes.
