@@ -252,7 +252,7 @@ impl Client {
                 Handler::new(v.unbind(), false, false),
             ));
         }
-        let router = build_router(methods, notes);
+        let router = build_router(methods, notes, None);
         let builder = foorpc::Client::builder()
             .connect_timeout(connect_timeout)
             .call_timeout(default_timeout)

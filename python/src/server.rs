@@ -51,8 +51,13 @@ impl Handler {
 }
 
 /// Builds a core router from Python handlers: plain methods run on the worker
-/// pool, deferred ones (and notifications) on the I/O thread.
-pub fn build_router(methods: Vec<(String, Handler)>, notes: Vec<(String, Handler)>) -> Router {
+/// pool, deferred ones (and notifications) on the I/O thread. The fallback
+/// takes every notification without a handler of its own, method name first.
+pub fn build_router(
+    methods: Vec<(String, Handler)>,
+    notes: Vec<(String, Handler)>,
+    note_fallback: Option<Handler>,
+) -> Router {
     let mut router = Router::new();
     for (name, h) in methods {
         if h.deferred {
@@ -63,6 +68,12 @@ pub fn build_router(methods: Vec<(String, Handler)>, notes: Vec<(String, Handler
     }
     for (name, h) in notes {
         router.notification(&name, Execution::Inline, move |n| run_notification(&h, n));
+    }
+    if let Some(h) = note_fallback {
+        router.notification_fallback(Execution::Inline, move |mut n| {
+            n.params.insert(0, foorpc::Value::from(n.method.as_str()));
+            run_notification(&h, n)
+        });
     }
     router
 }
@@ -181,6 +192,7 @@ impl Responder {
 struct State {
     methods: Vec<(String, Handler)>,
     notes: Vec<(String, Handler)>,
+    note_fallback: Option<Handler>,
     builder: Option<foorpc::ServerBuilder>,
     addresses: Vec<String>,
     server: Option<Arc<foorpc::Server>>,
@@ -230,6 +242,7 @@ impl ServerCore {
             state: Mutex::new(State {
                 methods: Vec::new(),
                 notes: Vec::new(),
+                note_fallback: None,
                 builder: Some(builder),
                 addresses: Vec::new(),
                 server: None,
@@ -266,6 +279,16 @@ impl ServerCore {
         Ok(())
     }
 
+    /// Registers the handler of notifications that have none of their own;
+    /// it is called with the method name first (on the I/O thread, in order).
+    #[pyo3(signature = (func, *, pass_peer = false))]
+    fn add_notification_fallback(&self, func: Py<PyAny>, pass_peer: bool) -> PyResult<()> {
+        let mut st = self.lock();
+        not_running(&st)?;
+        st.note_fallback = Some(Handler::new(func, pass_peer, false));
+        Ok(())
+    }
+
     /// Binds `tcp://HOST:PORT` (port 0: any free port) or `unix:///PATH` now;
     /// returns the bound address with its real port.
     fn bind(&self, py: Python<'_>, address: String) -> PyResult<String> {
@@ -296,7 +319,11 @@ impl ServerCore {
             if st.addresses.is_empty() {
                 return Err(PyRuntimeError::new_err("bind an address before start()"));
             }
-            let router = build_router(st.methods.clone(), st.notes.clone());
+            let router = build_router(
+                st.methods.clone(),
+                st.notes.clone(),
+                st.note_fallback.clone(),
+            );
             // Taking the builder out marks the server as started.
             st.stopped = true;
             st.builder

@@ -257,6 +257,29 @@ def test_notifications_in_order(server: foorpc.Server) -> None:
     assert seen == list(range(1000))
 
 
+def test_notification_fallback_takes_every_other_name(server: foorpc.Server) -> None:
+    seen: list[tuple[str, tuple[object, ...]]] = []
+    done = threading.Event()
+
+    @server.notification
+    def named(x: int) -> None:
+        seen.append(("named", (x,)))
+
+    @server.notification_fallback
+    def anything(method: str, *params: object) -> None:
+        seen.append((method, params))
+        if method == "last":
+            done.set()
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        c.notify("first", 1, b"x")
+        c.notify("named", 2)
+        c.notify("last")
+        assert done.wait(10)
+    assert seen == [("first", (1, b"x")), ("named", (2,)), ("last", ())]
+
+
 def test_async_notifications(server: foorpc.Server) -> None:
     seen: list[int] = []
     done = threading.Event()

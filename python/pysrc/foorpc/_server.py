@@ -133,7 +133,18 @@ class Server:
 
     def add_notification(self, name: str, func: F) -> F:
         """Registers ``func`` as the handler of notification ``name``."""
-        pass_peer = _wants_peer(func)
+        self._core.add_notification(name, self._notification_entry(name, func), pass_peer=_wants_peer(func))
+        return func
+
+    def notification_fallback(self, func: F) -> F:
+        """Decorator registering the handler of every notification that has no
+        handler of its own: ``def f(method, *params)`` (``peer`` first if asked)."""
+        self._core.add_notification_fallback(self._notification_entry("*", func), pass_peer=_wants_peer(func))
+        return func
+
+    def _notification_entry(self, name: str, func: Callable[..., Any]) -> Callable[..., None]:
+        """What the I/O thread calls for a notification handler: async ones
+        are started on the loop, plain ones have their exceptions logged."""
         if _is_async(func):
             self._has_async = True
             afunc: Callable[..., Awaitable[Any]] = func
@@ -141,16 +152,15 @@ class Server:
             def entry(*args: Any) -> None:
                 self._handler_loop().call_soon_threadsafe(self._spawn, self._notify_task(afunc, args))
 
-            self._core.add_notification(name, entry, pass_peer=pass_peer)
-        else:
-            def guarded(*args: Any) -> None:
-                try:
-                    func(*args)
-                except Exception:
-                    log.exception("foorpc: notification handler %r raised", name)
+            return entry
 
-            self._core.add_notification(name, guarded, pass_peer=pass_peer)
-        return func
+        def guarded(*args: Any) -> None:
+            try:
+                func(*args)
+            except Exception:
+                log.exception("foorpc: notification handler %r raised", name)
+
+        return guarded
 
     # ---- async handlers -------------------------------------------------
 
