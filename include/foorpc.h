@@ -26,19 +26,21 @@
 #include <stdint.h>
 
 /**
- * Flag for foorpc_server_register*: run the handler on foorpc's worker pool
- * (the default, 0). It may block; handlers of concurrent requests run at the
- * same time on different threads.
+ * Flag for foorpc_server_register* and foorpc_client_options_register*: run
+ * the handler on foorpc's worker pool (the default, 0). It may block
+ * (including blocking calls back to the peer with foorpc_peer_call);
+ * handlers of concurrent requests run at the same time on different threads.
  */
 #define FOORPC_HANDLER_POOL 0
 
 /**
- * Flag for foorpc_server_register*: run the handler on the server's I/O
- * thread, where the request was read: no thread hand-off, but it must be
- * quick and never block (no blocking foorpc calls, no sleeping). Use it for
- * short handlers and for handlers that hand their responder to another
- * thread to answer later. Inline notification handlers see notifications of
- * one connection in arrival order.
+ * Flag for foorpc_server_register* and foorpc_client_options_register*: run
+ * the handler on the I/O thread that read the message: no thread hand-off,
+ * but it must be quick and never block (no blocking foorpc calls, which fail
+ * there with FOORPC_RESULT_USAGE; no sleeping). Use it for short handlers and
+ * for handlers that hand their responder to another thread to answer later.
+ * Inline notification handlers see notifications of one connection in
+ * arrival order.
  */
 #define FOORPC_HANDLER_INLINE 1
 
@@ -227,6 +229,35 @@ typedef struct foorpc_buf foorpc_buf;
 typedef struct foorpc_client foorpc_client;
 
 /**
+ * Options for foorpc_client_connect_with: the handlers of requests and
+ * notifications the server sends to the client (over the same connection).
+ *
+ * Built with foorpc_client_options_new and foorpc_client_options_register*,
+ * freed with foorpc_client_options_free. foorpc_client_connect_with copies
+ * the handlers, so one options object may serve any number of connections
+ * and may be freed (or changed, for later connections only) once connected.
+ * Thread-safe (registration is serialized).
+ */
+typedef struct foorpc_client_options foorpc_client_options;
+
+/**
+ * One connection (of a server, or a client's), as handlers see it: call
+ * and notify the other side through it, identify it, close it.
+ *
+ * Handlers get one borrowed (notification callbacks: valid during the
+ * callback) or ask for an owned one (foorpc_responder_peer); an owned
+ * handle is freed with foorpc_peer_free. A handle does not keep the
+ * connection open: once the connection is closed (by either side, or by
+ * stopping the server or freeing the client), calls through it fail with
+ * FOORPC_RESULT_CLOSED or FOORPC_RESULT_CONNECTION_LOST.
+ *
+ * Thread-safe: any number of threads may use one handle at once (calls are
+ * pipelined on the connection). Only foorpc_peer_free must not overlap with
+ * other uses of the same handle.
+ */
+typedef struct foorpc_peer foorpc_peer;
+
+/**
  * Reads MessagePack values one at a time from bytes it borrows (they must
  * stay valid and unchanged until the reader is freed). Every read either
  * succeeds and moves past the value, or fails and leaves the position
@@ -266,30 +297,6 @@ typedef struct foorpc_server foorpc_server;
 typedef struct foorpc_writer foorpc_writer;
 
 /**
- * Called once with the outcome of foorpc_client_call_async.
- *
- * `userdata` is the pointer given to foorpc_client_call_async. `result` is
- * FOORPC_RESULT_OK with the result value's MessagePack bytes in
- * `data`/`len`, FOORPC_RESULT_REMOTE_ERROR with the peer's error object's
- * MessagePack bytes, or another code with `data` NULL and `len` 0 (then
- * foorpc_last_error_message, called inside the callback, describes it).
- * `data` is borrowed: valid only until the callback returns (copy what you
- * keep).
- *
- * Runs on the thread that receives the outcome: usually foorpc's client I/O
- * thread; it can also be a thread blocked in foorpc_client_call on the same
- * client (which reads replies for everyone), or the thread calling
- * foorpc_client_call_async, before it returns, when the outcome is known at
- * once. Callbacks of different calls may run at the same time. It must be
- * quick and must not block: a blocking foorpc call from the I/O thread fails
- * with FOORPC_RESULT_USAGE (use foorpc_client_call_async there).
- */
-typedef void (*foorpc_call_callback)(void *userdata,
-                                     foorpc_result result,
-                                     const uint8_t *data,
-                                     size_t len);
-
-/**
  * Handles one request.
  *
  * `userdata` is the pointer given at registration. `method`/`method_len`
@@ -302,10 +309,12 @@ typedef void (*foorpc_call_callback)(void *userdata,
  * foorpc_responder_ok or foorpc_responder_error (which free it), now or
  * later from any thread, or free it with foorpc_responder_free (which sends
  * an error reply). It stays valid until then, even after the server stops.
+ * foorpc_responder_peer gives the connection the request came on (to call
+ * the caller back, or to close its connection).
  *
  * Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
- * threads at once for concurrent requests, or on the server's I/O thread
- * (FOORPC_HANDLER_INLINE).
+ * threads at once for concurrent requests, or on the I/O thread that read
+ * the request (FOORPC_HANDLER_INLINE).
  */
 typedef void (*foorpc_handler_callback)(void *userdata,
                                         const char *method,
@@ -315,14 +324,45 @@ typedef void (*foorpc_handler_callback)(void *userdata,
                                         struct foorpc_responder *responder);
 
 /**
- * Handles one notification (no answer is sent). Arguments and threads are
- * as for foorpc_handler_callback, without a responder.
+ * Handles one notification (no answer is sent). `userdata`, `method` and
+ * `params` and the threads are as for foorpc_handler_callback.
+ *
+ * `peer` is the connection the notification came on, borrowed: valid only
+ * until the callback returns. foorpc_peer_id tells connections apart; call
+ * foorpc_peer_clone to keep a handle for later. Never NULL.
  */
 typedef void (*foorpc_notification_callback)(void *userdata,
                                              const char *method,
                                              size_t method_len,
                                              const uint8_t *params,
-                                             size_t params_len);
+                                             size_t params_len,
+                                             const struct foorpc_peer *peer);
+
+/**
+ * Called once with the outcome of foorpc_client_call_async or
+ * foorpc_peer_call_async.
+ *
+ * `userdata` is the pointer given to the call. `result` is
+ * FOORPC_RESULT_OK with the result value's MessagePack bytes in
+ * `data`/`len`, FOORPC_RESULT_REMOTE_ERROR with the peer's error object's
+ * MessagePack bytes, or another code with `data` NULL and `len` 0 (then
+ * foorpc_last_error_message, called inside the callback, describes it).
+ * `data` is borrowed: valid only until the callback returns (copy what you
+ * keep).
+ *
+ * Runs on the thread that receives the outcome: usually foorpc's I/O thread
+ * of the connection (a client's I/O thread, or the server's for a peer of a
+ * server connection); it can also be a thread blocked in a call on the same
+ * connection (which reads replies for everyone), or the thread making the
+ * asynchronous call, before it returns, when the outcome is known at once.
+ * Callbacks of different calls may run at the same time. It must be quick
+ * and must not block: a blocking foorpc call from the I/O thread fails with
+ * FOORPC_RESULT_USAGE (use the asynchronous calls there).
+ */
+typedef void (*foorpc_call_callback)(void *userdata,
+                                     foorpc_result result,
+                                     const uint8_t *data,
+                                     size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -346,10 +386,79 @@ size_t foorpc_buf_len(const struct foorpc_buf *buf);
 void foorpc_buf_free(struct foorpc_buf *buf);
 
 /**
+ * Creates empty client options (no handlers). On success `*options_out`
+ * receives them; the caller owns them and must call
+ * foorpc_client_options_free. Any thread.
+ */
+foorpc_result foorpc_client_options_new(struct foorpc_client_options **options_out);
+
+/**
+ * Registers `callback` for requests the server sends to `method` (a
+ * NUL-terminated UTF-8 string, copied), as foorpc_server_register does for
+ * a server: `flags` is FOORPC_HANDLER_POOL (0) or FOORPC_HANDLER_INLINE
+ * (then it runs on the client's I/O thread, shared by the clients of the
+ * process, and must not block); the handler answers through its responder.
+ * A method nobody registered gets an error reply `[1, "unknown method:
+ * NAME"]`. Registering a method again replaces its handler.
+ *
+ * `userdata` is passed to every call of `callback` as is. It must stay
+ * valid while a client connected with these options exists, and after
+ * foorpc_client_free until its handlers still running have returned (pool
+ * handlers are not waited for); it must be safe to use from several threads
+ * at once for pool handlers. Any thread.
+ */
+foorpc_result foorpc_client_options_register(const struct foorpc_client_options *options,
+                                             const char *method,
+                                             foorpc_handler_callback callback,
+                                             void *userdata,
+                                             uint32_t flags);
+
+/**
+ * Registers `callback` for requests to every method that has no handler of
+ * its own (instead of the "unknown method" error reply). Otherwise as
+ * foorpc_client_options_register.
+ */
+foorpc_result foorpc_client_options_register_fallback(const struct foorpc_client_options *options,
+                                                      foorpc_handler_callback callback,
+                                                      void *userdata,
+                                                      uint32_t flags);
+
+/**
+ * Registers `callback` for notifications the server sends for `method`
+ * (NUL-terminated UTF-8, copied). Notifications nobody registered are
+ * ignored. `flags`, `userdata` and the threads are as for
+ * foorpc_client_options_register; use FOORPC_HANDLER_INLINE to see them in
+ * order.
+ */
+foorpc_result foorpc_client_options_register_notification(const struct foorpc_client_options *options,
+                                                          const char *method,
+                                                          foorpc_notification_callback callback,
+                                                          void *userdata,
+                                                          uint32_t flags);
+
+/**
+ * Registers `callback` for notifications of every method that has no
+ * notification handler of its own (instead of ignoring them). Otherwise as
+ * foorpc_client_options_register_notification.
+ */
+foorpc_result foorpc_client_options_register_notification_fallback(const struct foorpc_client_options *options,
+                                                                   foorpc_notification_callback callback,
+                                                                   void *userdata,
+                                                                   uint32_t flags);
+
+/**
+ * Frees client options. Clients connected with them keep their handlers.
+ * NULL is fine. Must be called once, when no other thread uses them.
+ */
+void foorpc_client_options_free(struct foorpc_client_options *options);
+
+/**
  * Connects to `address`: "tcp://HOST:PORT" or "unix:///PATH" (a
  * NUL-terminated string, not retained), waiting at most `timeout_ms`
  * milliseconds for the connection (0: the default, 10 s). Calls made later
- * without their own timeout wait at most 30 s.
+ * without their own timeout wait at most 30 s. The client serves no
+ * requests: the server's requests get an error reply, its notifications are
+ * ignored (see foorpc_client_connect_with).
  *
  * On success `*client_out` receives a new client; the caller owns it and
  * must call foorpc_client_free. Errors: FOORPC_RESULT_INVALID_ADDRESS,
@@ -359,6 +468,18 @@ void foorpc_buf_free(struct foorpc_buf *buf);
 foorpc_result foorpc_client_connect(const char *address,
                                     uint32_t timeout_ms,
                                     struct foorpc_client **client_out);
+
+/**
+ * Connects as foorpc_client_connect, with `options` (NULL: none): the
+ * server may then call the client's handlers over this connection at any
+ * time, and they run on foorpc's client threads (see
+ * foorpc_client_options_register). The handlers are copied; `options` is
+ * not retained. Any thread may call it.
+ */
+foorpc_result foorpc_client_connect_with(const char *address,
+                                         uint32_t timeout_ms,
+                                         const struct foorpc_client_options *options,
+                                         struct foorpc_client **client_out);
 
 /**
  * Calls `method` (a NUL-terminated UTF-8 string) with `params`: the
@@ -375,8 +496,9 @@ foorpc_result foorpc_client_connect(const char *address,
  *
  * Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array),
  * FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_CLOSED,
- * FOORPC_RESULT_USAGE (called from a callback on foorpc's I/O thread).
- * Thread-safe; blocks the calling thread until the reply or the timeout.
+ * FOORPC_RESULT_USAGE (called from a callback or an inline handler on
+ * foorpc's I/O thread). Thread-safe; blocks the calling thread until the
+ * reply or the timeout.
  */
 foorpc_result foorpc_client_call(const struct foorpc_client *client,
                                  const char *method,
@@ -681,6 +803,94 @@ foorpc_result foorpc_reader_read_raw(struct foorpc_reader *reader,
 foorpc_result foorpc_reader_skip(struct foorpc_reader *reader);
 
 /**
+ * A number that identifies the connection within the process: every
+ * connection (accepted by a server or made by a client) gets its own,
+ * never 0 and never reused; every handle of one connection gives the same.
+ * 0 when `peer` is NULL. Thread-safe.
+ */
+uint64_t foorpc_peer_id(const struct foorpc_peer *peer);
+
+/**
+ * Calls `method` on the other side of the connection and waits for the
+ * reply: as foorpc_client_call (params array, `timeout_ms` with 0 for the
+ * default 30 s, `*result_out` written on FOORPC_RESULT_OK with the result and
+ * on FOORPC_RESULT_REMOTE_ERROR with the peer's error object, owned by the
+ * caller; `result_out` may be NULL).
+ *
+ * Blocks the calling thread, so call it from a FOORPC_HANDLER_POOL handler
+ * or any other thread of yours: from an inline handler or a callback on
+ * foorpc's I/O thread it fails at once with FOORPC_RESULT_USAGE (use
+ * foorpc_peer_call_async there). Other errors: FOORPC_RESULT_CLOSED,
+ * FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_TIMEOUT,
+ * FOORPC_RESULT_INVALID_MSGPACK. Thread-safe.
+ */
+foorpc_result foorpc_peer_call(const struct foorpc_peer *peer,
+                               const char *method,
+                               const uint8_t *params,
+                               size_t params_len,
+                               uint32_t timeout_ms,
+                               struct foorpc_buf **result_out);
+
+/**
+ * Calls `method` on the other side without blocking, as
+ * foorpc_client_call_async: when it returns FOORPC_RESULT_OK,
+ * `callback(userdata, ...)` runs exactly once with the outcome (see
+ * foorpc_call_callback), also when the connection closes first; on an
+ * error it never runs. `userdata` must stay valid until the callback has
+ * run. Thread-safe; callable from any thread, inline handlers and
+ * callbacks included.
+ */
+foorpc_result foorpc_peer_call_async(const struct foorpc_peer *peer,
+                                     const char *method,
+                                     const uint8_t *params,
+                                     size_t params_len,
+                                     uint32_t timeout_ms,
+                                     foorpc_call_callback callback,
+                                     void *userdata);
+
+/**
+ * Sends a notification to the other side: `method` with `params` (as for
+ * foorpc_client_notify), no reply. Returns once it is queued for sending.
+ * Thread-safe; callable from any thread, inline handlers included.
+ */
+foorpc_result foorpc_peer_notify(const struct foorpc_peer *peer,
+                                 const char *method,
+                                 const uint8_t *params,
+                                 size_t params_len);
+
+/**
+ * Closes the connection now, without waiting: calls still pending on it
+ * (in both directions) fail with FOORPC_RESULT_CLOSED, and replies not yet
+ * sent are discarded. To close instead of answering a request, close
+ * first, then free the responder (its error reply goes nowhere). A server
+ * goes on serving its other connections; closing a client's connection
+ * this way is like foorpc_client_close. NULL is fine; calling it twice is
+ * fine. Thread-safe; callable from any thread, inline handlers included.
+ */
+void foorpc_peer_close(const struct foorpc_peer *peer);
+
+/**
+ * True while the connection is open (false once closed by either side, or
+ * when `peer` is NULL). Thread-safe.
+ */
+bool foorpc_peer_is_connected(const struct foorpc_peer *peer);
+
+/**
+ * A new handle to the same connection, e.g. to keep a borrowed peer after
+ * its callback returns. On success `*peer_out` receives it; the caller owns
+ * it and must call foorpc_peer_free. Thread-safe.
+ */
+foorpc_result foorpc_peer_clone(const struct foorpc_peer *peer, struct foorpc_peer **peer_out);
+
+/**
+ * Frees a handle from foorpc_peer_clone or foorpc_responder_peer. The
+ * connection stays open (close it with foorpc_peer_close). NULL is fine.
+ * Must be called once per owned handle, when no other thread uses it; never
+ * on the borrowed peer of a notification callback.
+ */
+void foorpc_peer_free(struct foorpc_peer *peer);
+
+/**
  * Creates a server with no handlers and no addresses. On success
  * `*server_out` receives it; the caller owns it and must call
  * foorpc_server_free. Then: foorpc_server_register* and foorpc_server_bind,
@@ -719,16 +929,27 @@ foorpc_result foorpc_server_register_fallback(struct foorpc_server *server,
 
 /**
  * Registers `callback` for notifications of `method` (NUL-terminated
- * UTF-8, copied). Notifications nobody registered are ignored. `flags`,
- * `userdata` and the threads are as for foorpc_server_register; use
- * FOORPC_HANDLER_INLINE to see one connection's notifications in order.
- * Only before the server starts.
+ * UTF-8, copied). Notifications nobody registered are ignored (see
+ * foorpc_server_register_notification_fallback). `flags`, `userdata` and
+ * the threads are as for foorpc_server_register; use FOORPC_HANDLER_INLINE
+ * to see one connection's notifications in order. The callback gets the
+ * connection as a borrowed foorpc_peer. Only before the server starts.
  */
 foorpc_result foorpc_server_register_notification(struct foorpc_server *server,
                                                   const char *method,
                                                   foorpc_notification_callback callback,
                                                   void *userdata,
                                                   uint32_t flags);
+
+/**
+ * Registers `callback` for notifications of every method that has no
+ * notification handler of its own (instead of ignoring them). Otherwise as
+ * foorpc_server_register_notification. Only before the server starts.
+ */
+foorpc_result foorpc_server_register_notification_fallback(struct foorpc_server *server,
+                                                           foorpc_notification_callback callback,
+                                                           void *userdata,
+                                                           uint32_t flags);
 
 /**
  * Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
@@ -795,6 +1016,18 @@ foorpc_result foorpc_server_stop(const struct foorpc_server *server);
  * the stop is harmless).
  */
 void foorpc_server_free(struct foorpc_server *server);
+
+/**
+ * The connection the request came on: on success `*peer_out` receives a
+ * new handle to it, which the caller owns and must free with
+ * foorpc_peer_free (it may outlive the responder). Use it to call the
+ * caller back (foorpc_peer_call from a pool handler, foorpc_peer_call_async
+ * from anywhere), to tell connections apart (foorpc_peer_id) or to close
+ * the connection (foorpc_peer_close). Does not answer or free the
+ * responder. Any thread that owns the responder.
+ */
+foorpc_result foorpc_responder_peer(const struct foorpc_responder *responder,
+                                    struct foorpc_peer **peer_out);
 
 /**
  * Answers the request with a result: `result`/`result_len` is the MessagePack

@@ -1,13 +1,16 @@
-//! `foorpc_client_*`: connect to a server and call it.
+//! `foorpc_client_*`: connect to a server and call it;
+//! `foorpc_client_options_*`: handlers for what the server sends the client.
 
 use std::os::raw::{c_char, c_void};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
-use foorpc::{Client, Error, Value};
+use foorpc::{Client, Router};
 
-use crate::buf::{self, foorpc_buf};
-use crate::error::{code_of, fail_with, foorpc_result, set_last_error};
-use crate::msgpack::decode_params;
+use crate::buf::foorpc_buf;
+use crate::error::{fail_with, foorpc_result};
+use crate::handler::{foorpc_handler_callback, foorpc_notification_callback};
+use crate::handler::{register, Handlers, Registration};
+use crate::peer::{self, foorpc_call_callback, timeout};
 
 /// A connection to a MessagePack-RPC server (TCP or Unix socket).
 ///
@@ -19,53 +22,139 @@ pub struct foorpc_client {
     inner: Client,
 }
 
-/// Called once with the outcome of foorpc_client_call_async.
+/// Options for foorpc_client_connect_with: the handlers of requests and
+/// notifications the server sends to the client (over the same connection).
 ///
-/// `userdata` is the pointer given to foorpc_client_call_async. `result` is
-/// FOORPC_RESULT_OK with the result value's MessagePack bytes in
-/// `data`/`len`, FOORPC_RESULT_REMOTE_ERROR with the peer's error object's
-/// MessagePack bytes, or another code with `data` NULL and `len` 0 (then
-/// foorpc_last_error_message, called inside the callback, describes it).
-/// `data` is borrowed: valid only until the callback returns (copy what you
-/// keep).
-///
-/// Runs on the thread that receives the outcome: usually foorpc's client I/O
-/// thread; it can also be a thread blocked in foorpc_client_call on the same
-/// client (which reads replies for everyone), or the thread calling
-/// foorpc_client_call_async, before it returns, when the outcome is known at
-/// once. Callbacks of different calls may run at the same time. It must be
-/// quick and must not block: a blocking foorpc call from the I/O thread fails
-/// with FOORPC_RESULT_USAGE (use foorpc_client_call_async there).
-pub type foorpc_call_callback = Option<
-    unsafe extern "C" fn(userdata: *mut c_void, result: foorpc_result, data: *const u8, len: usize),
->;
+/// Built with foorpc_client_options_new and foorpc_client_options_register*,
+/// freed with foorpc_client_options_free. foorpc_client_connect_with copies
+/// the handlers, so one options object may serve any number of connections
+/// and may be freed (or changed, for later connections only) once connected.
+/// Thread-safe (registration is serialized).
+pub struct foorpc_client_options {
+    router: Mutex<Router>,
+}
 
-/// A `void *` the caller promises may be used from another thread.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut c_void);
-// SAFETY: foorpc never dereferences userdata; the C API documents on which
-// threads callbacks receive it, and the caller is responsible for that.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    pub(crate) fn get(self) -> *mut c_void {
-        self.0
+impl Handlers for foorpc_client_options {
+    fn with_router(&self, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result> {
+        f(&mut self.router.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(())
     }
 }
 
-fn timeout(ms: u32, default: Duration) -> Duration {
-    if ms == 0 {
-        default
-    } else {
-        Duration::from_millis(u64::from(ms))
+/// Creates empty client options (no handlers). On success `*options_out`
+/// receives them; the caller owns them and must call
+/// foorpc_client_options_free. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_new(
+    options_out: *mut *mut foorpc_client_options,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let out = try_mut!(options_out);
+        *out = Box::into_raw(Box::new(foorpc_client_options {
+            router: Mutex::new(Router::new()),
+        }));
+        foorpc_result::Ok
+    }
+}
+
+/// Registers `callback` for requests the server sends to `method` (a
+/// NUL-terminated UTF-8 string, copied), as foorpc_server_register does for
+/// a server: `flags` is FOORPC_HANDLER_POOL (0) or FOORPC_HANDLER_INLINE
+/// (then it runs on the client's I/O thread, shared by the clients of the
+/// process, and must not block); the handler answers through its responder.
+/// A method nobody registered gets an error reply `[1, "unknown method:
+/// NAME"]`. Registering a method again replaces its handler.
+///
+/// `userdata` is passed to every call of `callback` as is. It must stay
+/// valid while a client connected with these options exists, and after
+/// foorpc_client_free until its handlers still running have returned (pool
+/// handlers are not waited for); it must be safe to use from several threads
+/// at once for pool handlers. Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_register(
+    options: *const foorpc_client_options,
+    method: *const c_char,
+    callback: foorpc_handler_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let options = try_ref!(options);
+        let method = try_cstr!(method);
+        register(options, Registration::Request(Some(method), callback), userdata, flags)
+    }
+}
+
+/// Registers `callback` for requests to every method that has no handler of
+/// its own (instead of the "unknown method" error reply). Otherwise as
+/// foorpc_client_options_register.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_register_fallback(
+    options: *const foorpc_client_options,
+    callback: foorpc_handler_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let options = try_ref!(options);
+        register(options, Registration::Request(None, callback), userdata, flags)
+    }
+}
+
+/// Registers `callback` for notifications the server sends for `method`
+/// (NUL-terminated UTF-8, copied). Notifications nobody registered are
+/// ignored. `flags`, `userdata` and the threads are as for
+/// foorpc_client_options_register; use FOORPC_HANDLER_INLINE to see them in
+/// order.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_register_notification(
+    options: *const foorpc_client_options,
+    method: *const c_char,
+    callback: foorpc_notification_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let options = try_ref!(options);
+        let method = try_cstr!(method);
+        register(options, Registration::Notification(Some(method), callback), userdata, flags)
+    }
+}
+
+/// Registers `callback` for notifications of every method that has no
+/// notification handler of its own (instead of ignoring them). Otherwise as
+/// foorpc_client_options_register_notification.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_register_notification_fallback(
+    options: *const foorpc_client_options,
+    callback: foorpc_notification_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let options = try_ref!(options);
+        register(options, Registration::Notification(None, callback), userdata, flags)
+    }
+}
+
+/// Frees client options. Clients connected with them keep their handlers.
+/// NULL is fine. Must be called once, when no other thread uses them.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_free(options: *mut foorpc_client_options) {
+    ffi_panic_boundary! {
+        if !options.is_null() {
+            // SAFETY: created by foorpc_client_options_new, freed once.
+            drop(unsafe { Box::from_raw(options) });
+        }
     }
 }
 
 /// Connects to `address`: "tcp://HOST:PORT" or "unix:///PATH" (a
 /// NUL-terminated string, not retained), waiting at most `timeout_ms`
 /// milliseconds for the connection (0: the default, 10 s). Calls made later
-/// without their own timeout wait at most 30 s.
+/// without their own timeout wait at most 30 s. The client serves no
+/// requests: the server's requests get an error reply, its notifications are
+/// ignored (see foorpc_client_connect_with).
 ///
 /// On success `*client_out` receives a new client; the caller owns it and
 /// must call foorpc_client_free. Errors: FOORPC_RESULT_INVALID_ADDRESS,
@@ -77,11 +166,30 @@ pub extern "C" fn foorpc_client_connect(
     timeout_ms: u32,
     client_out: *mut *mut foorpc_client,
 ) -> foorpc_result {
+    foorpc_client_connect_with(address, timeout_ms, std::ptr::null(), client_out)
+}
+
+/// Connects as foorpc_client_connect, with `options` (NULL: none): the
+/// server may then call the client's handlers over this connection at any
+/// time, and they run on foorpc's client threads (see
+/// foorpc_client_options_register). The handlers are copied; `options` is
+/// not retained. Any thread may call it.
+#[no_mangle]
+pub extern "C" fn foorpc_client_connect_with(
+    address: *const c_char,
+    timeout_ms: u32,
+    options: *const foorpc_client_options,
+    client_out: *mut *mut foorpc_client,
+) -> foorpc_result {
     ffi_panic_boundary! {
         let address = try_cstr!(address);
         let out = try_mut!(client_out);
-        let builder = Client::builder()
+        let mut builder = Client::builder()
             .connect_timeout(timeout(timeout_ms, foorpc::DEFAULT_CONNECT_TIMEOUT));
+        // SAFETY: NULL or live options (the caller's contract).
+        if let Some(o) = unsafe { options.as_ref() } {
+            builder = builder.router(o.router.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        }
         match builder.connect(address) {
             Ok(inner) => {
                 *out = Box::into_raw(Box::new(foorpc_client { inner }));
@@ -106,8 +214,9 @@ pub extern "C" fn foorpc_client_connect(
 ///
 /// Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array),
 /// FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_CLOSED,
-/// FOORPC_RESULT_USAGE (called from a callback on foorpc's I/O thread).
-/// Thread-safe; blocks the calling thread until the reply or the timeout.
+/// FOORPC_RESULT_USAGE (called from a callback or an inline handler on
+/// foorpc's I/O thread). Thread-safe; blocks the calling thread until the
+/// reply or the timeout.
 #[no_mangle]
 pub extern "C" fn foorpc_client_call(
     client: *const foorpc_client,
@@ -119,54 +228,9 @@ pub extern "C" fn foorpc_client_call(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let client = try_ref!(client);
-        let method = try_cstr!(method);
-        let params = match decode_params(try_slice!(params, params_len)) {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
-        match client.inner.call_value(method, &params, Some(t)) {
-            Ok(v) => {
-                buf::put(result_out, &v);
-                foorpc_result::Ok
-            }
-            Err(e) => {
-                if let Error::Remote(obj) = &e {
-                    buf::put(result_out, obj);
-                }
-                fail_with(&e)
-            }
-        }
+        peer::call(client.inner.peer(), method, params, params_len, timeout_ms, result_out)
     }
 }
-
-/// Calls the callback with an outcome, recording a failure as the thread's last error.
-fn deliver(cb: CallbackFn, userdata: SendPtr, outcome: foorpc::Result<Value>) {
-    let (code, bytes) = match &outcome {
-        Ok(v) => (foorpc_result::Ok, Some(v)),
-        Err(e) => {
-            set_last_error(e.to_string());
-            match e {
-                Error::Remote(obj) => (foorpc_result::RemoteError, Some(obj)),
-                other => (code_of(other), None),
-            }
-        }
-    };
-    let mut out = Vec::new();
-    if let Some(v) = bytes {
-        foorpc::codec::encode_value(&mut out, v);
-    }
-    let (ptr, len) = if bytes.is_some() {
-        (out.as_ptr(), out.len())
-    } else {
-        (std::ptr::null(), 0)
-    };
-    // SAFETY: a C function pointer given by the caller, with its userdata.
-    unsafe { cb(userdata.get(), code, ptr, len) };
-}
-
-type CallbackFn =
-    unsafe extern "C" fn(userdata: *mut c_void, result: foorpc_result, data: *const u8, len: usize);
 
 /// Calls `method` without blocking: sends the request and returns at once;
 /// `callback(userdata, ...)` receives the outcome later (see
@@ -191,28 +255,7 @@ pub extern "C" fn foorpc_client_call_async(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let client = try_ref!(client);
-        let method = try_cstr!(method);
-        let Some(cb) = callback else {
-            return crate::error::null_parameter("callback");
-        };
-        let params = match decode_params(try_slice!(params, params_len)) {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
-        let userdata = SendPtr(userdata);
-        match client.inner.call_async(method, &params, Some(t)) {
-            Ok(pending) => {
-                pending.on_complete(move |outcome| {
-                    // A panic must not unwind into the I/O thread's C caller chain.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        deliver(cb, userdata, outcome)
-                    }));
-                });
-                foorpc_result::Ok
-            }
-            Err(e) => fail_with(&e),
-        }
+        peer::call_async(client.inner.peer(), method, params, params_len, timeout_ms, callback, userdata)
     }
 }
 
@@ -228,15 +271,7 @@ pub extern "C" fn foorpc_client_notify(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let client = try_ref!(client);
-        let method = try_cstr!(method);
-        let params = match decode_params(try_slice!(params, params_len)) {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        match client.inner.notify(method, &params) {
-            Ok(()) => foorpc_result::Ok,
-            Err(e) => fail_with(&e),
-        }
+        peer::notify(client.inner.peer(), method, params, params_len)
     }
 }
 

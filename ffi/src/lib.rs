@@ -1,8 +1,9 @@
 //! The C ABI of foorpc: `libfoorpc.so` / `libfoorpc.a` and `include/foorpc.h`.
 //!
 //! The model is rustls-ffi (see DESIGN.md section 4):
-//! - opaque handles (`foorpc_client`, `foorpc_server`, `foorpc_responder`,
-//!   `foorpc_buf`, `foorpc_writer`, `foorpc_reader`): plain Rust structs that
+//! - opaque handles (`foorpc_client`, `foorpc_client_options`,
+//!   `foorpc_server`, `foorpc_responder`, `foorpc_peer`, `foorpc_buf`,
+//!   `foorpc_writer`, `foorpc_reader`): plain Rust structs that
 //!   cbindgen emits as incomplete C types, always handed out boxed;
 //! - every fallible function returns a [`foorpc_result`] and writes outputs
 //!   only on success; the detailed message of the last failure is kept per
@@ -17,8 +18,12 @@
 //! - `error`: `foorpc_result`, its messages, the per-thread last error;
 //! - `buf`: owned output bytes (`foorpc_buf`);
 //! - `msgpack`: `foorpc_writer`, `foorpc_reader`, `foorpc_type`;
-//! - `client`: `foorpc_client_*`;
+//! - `client`: `foorpc_client_*` and `foorpc_client_options_*`;
 //! - `server`: `foorpc_server_*` and `foorpc_responder_*`;
+//! - `handler`: the handler callbacks and flags, shared by servers and
+//!   client options;
+//! - `peer`: `foorpc_peer_*` (a connection, as handlers see it) and the
+//!   calling machinery shared with clients;
 //! - `version`: `foorpc_version()` and the version macros.
 
 #![allow(non_camel_case_types)]
@@ -33,12 +38,15 @@ mod panic;
 pub mod buf;
 pub mod client;
 pub mod error;
+pub mod handler;
 pub mod msgpack;
+pub mod peer;
 pub mod server;
 pub mod version;
 
 pub use buf::foorpc_buf;
-pub use client::foorpc_client;
+pub use client::{foorpc_client, foorpc_client_options};
 pub use error::foorpc_result;
 pub use msgpack::{foorpc_reader, foorpc_type, foorpc_writer};
+pub use peer::foorpc_peer;
 pub use server::{foorpc_responder, foorpc_server};

@@ -31,6 +31,12 @@ impl PanicOrDefault for usize {
     }
 }
 
+impl PanicOrDefault for u64 {
+    fn on_panic() -> Self {
+        0
+    }
+}
+
 impl PanicOrDefault for bool {
     fn on_panic() -> Self {
         false
@@ -128,4 +134,15 @@ macro_rules! try_cstr {
             }
         }
     }};
+}
+
+/// The value of a `Result<T, foorpc_result>`, or return its code (the last
+/// error is already set).
+macro_rules! try_ok {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
 }

@@ -6,83 +6,19 @@
 //! `Server`; each C callback becomes a core handler that encodes the params
 //! array once and hands C a boxed `Responder`.
 
-use std::cell::Cell;
 use std::os::raw::{c_char, c_void};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use foorpc::transport::{Address, Listener};
-use foorpc::{Error, Execution, Notification, Request, Responder, Router, Server, Value};
+use foorpc::{Error, Peer, Responder, Router, Server, Value};
 
-use crate::client::SendPtr;
 use crate::error::{fail, fail_with, foorpc_result};
+use crate::handler::{
+    foorpc_handler_callback, foorpc_notification_callback, in_inline_handler, register, Handlers,
+    Registration,
+};
 use crate::msgpack::decode_one;
-
-/// Flag for foorpc_server_register*: run the handler on foorpc's worker pool
-/// (the default, 0). It may block; handlers of concurrent requests run at the
-/// same time on different threads.
-pub const FOORPC_HANDLER_POOL: u32 = 0;
-/// Flag for foorpc_server_register*: run the handler on the server's I/O
-/// thread, where the request was read: no thread hand-off, but it must be
-/// quick and never block (no blocking foorpc calls, no sleeping). Use it for
-/// short handlers and for handlers that hand their responder to another
-/// thread to answer later. Inline notification handlers see notifications of
-/// one connection in arrival order.
-pub const FOORPC_HANDLER_INLINE: u32 = 1;
-
-/// Handles one request.
-///
-/// `userdata` is the pointer given at registration. `method`/`method_len`
-/// name the method called (NUL-terminated too, for convenience); `params`/
-/// `params_len` are the MessagePack encoding of the params array (read it
-/// with foorpc_reader). Both are borrowed: valid only until the callback
-/// returns.
-///
-/// `responder` is owned by the callback: answer exactly once with
-/// foorpc_responder_ok or foorpc_responder_error (which free it), now or
-/// later from any thread, or free it with foorpc_responder_free (which sends
-/// an error reply). It stays valid until then, even after the server stops.
-///
-/// Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
-/// threads at once for concurrent requests, or on the server's I/O thread
-/// (FOORPC_HANDLER_INLINE).
-pub type foorpc_handler_callback = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        method: *const c_char,
-        method_len: usize,
-        params: *const u8,
-        params_len: usize,
-        responder: *mut foorpc_responder,
-    ),
->;
-
-/// Handles one notification (no answer is sent). Arguments and threads are
-/// as for foorpc_handler_callback, without a responder.
-pub type foorpc_notification_callback = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        method: *const c_char,
-        method_len: usize,
-        params: *const u8,
-        params_len: usize,
-    ),
->;
-
-type HandlerFn = unsafe extern "C" fn(
-    *mut c_void,
-    *const c_char,
-    usize,
-    *const u8,
-    usize,
-    *mut foorpc_responder,
-);
-type NotificationFn = unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const u8, usize);
-
-thread_local! {
-    /// True while an inline C handler runs on a server's I/O thread, where a
-    /// blocking stop would deadlock.
-    static IN_INLINE_HANDLER: Cell<bool> = const { Cell::new(false) };
-}
+use crate::peer::foorpc_peer;
 
 /// A MessagePack-RPC server with C handlers.
 ///
@@ -216,7 +152,9 @@ impl State {
 /// invalid. One responder must not be used by two threads at once, but it
 /// may be passed to another thread and answered there.
 pub struct foorpc_responder {
-    inner: Responder,
+    pub(crate) inner: Responder,
+    /// The connection the request came on.
+    pub(crate) peer: Peer,
 }
 
 /// Creates a server with no handlers and no addresses. On success
@@ -240,104 +178,20 @@ pub extern "C" fn foorpc_server_new(server_out: *mut *mut foorpc_server) -> foor
     }
 }
 
-fn execution(flags: u32) -> Result<Execution, foorpc_result> {
-    match flags {
-        FOORPC_HANDLER_POOL => Ok(Execution::Pool),
-        FOORPC_HANDLER_INLINE => Ok(Execution::Inline),
-        other => Err(fail(
-            foorpc_result::InvalidArgument,
-            format!("unknown handler flags {other:#x}"),
-        )),
-    }
-}
-
-/// `method` NUL-terminated, then the params array: one allocation per call.
-fn encode_call(method: &str, params: Vec<Value>) -> (Vec<u8>, usize) {
-    let mut bytes = Vec::with_capacity(method.len() + 16);
-    bytes.extend_from_slice(method.as_bytes());
-    bytes.push(0);
-    let at = bytes.len();
-    foorpc::codec::encode_value(&mut bytes, &Value::Array(params));
-    (bytes, at)
-}
-
-/// Runs `f` with the inline-handler flag set when `inline`.
-fn in_handler(inline: bool, f: impl FnOnce()) {
-    if !inline {
-        return f();
-    }
-    let was = IN_INLINE_HANDLER.with(|c| c.replace(true));
-    f();
-    IN_INLINE_HANDLER.with(|c| c.set(was));
-}
-
-fn request_adapter(
-    cb: HandlerFn,
-    userdata: SendPtr,
-    execution: Execution,
-) -> impl Fn(Request) + Send + Sync + 'static {
-    let inline = execution == Execution::Inline;
-    move |req: Request| {
-        let Request {
-            method,
-            params,
-            responder,
-            ..
-        } = req;
-        let (bytes, at) = encode_call(&method, params);
-        let resp = Box::into_raw(Box::new(foorpc_responder { inner: responder }));
-        in_handler(inline, || {
-            // SAFETY: the caller's C function and userdata; the pointers stay
-            // valid for the duration of the call; `resp` is handed over.
-            unsafe {
-                cb(
-                    userdata.get(),
-                    bytes.as_ptr().cast(),
-                    method.len(),
-                    bytes[at..].as_ptr(),
-                    bytes.len() - at,
-                    resp,
-                )
+/// Handlers go on the router of a server that is still being built.
+impl Handlers for foorpc_server {
+    fn with_router(&self, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result> {
+        let mut st = self.shared.lock();
+        match &mut *st {
+            State::Building { router, .. } => {
+                f(router);
+                Ok(())
             }
-        });
-    }
-}
-
-fn notification_adapter(
-    cb: NotificationFn,
-    userdata: SendPtr,
-    execution: Execution,
-) -> impl Fn(Notification) + Send + Sync + 'static {
-    let inline = execution == Execution::Inline;
-    move |n: Notification| {
-        let (bytes, at) = encode_call(&n.method, n.params);
-        in_handler(inline, || {
-            // SAFETY: as in request_adapter.
-            unsafe {
-                cb(
-                    userdata.get(),
-                    bytes.as_ptr().cast(),
-                    n.method.len(),
-                    bytes[at..].as_ptr(),
-                    bytes.len() - at,
-                )
-            }
-        });
-    }
-}
-
-/// Runs `f` on the router of a server that is still being built.
-fn with_router(server: &foorpc_server, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result> {
-    let mut st = server.shared.lock();
-    match &mut *st {
-        State::Building { router, .. } => {
-            f(router);
-            Ok(())
+            _ => Err(fail(
+                foorpc_result::InvalidState,
+                "handlers must be registered before the server starts",
+            )),
         }
-        _ => Err(fail(
-            foorpc_result::InvalidState,
-            "handlers must be registered before the server starts",
-        )),
     }
 }
 
@@ -363,20 +217,7 @@ pub extern "C" fn foorpc_server_register(
     ffi_panic_boundary! {
         let server = try_ref!(server);
         let method = try_cstr!(method);
-        let Some(cb) = callback else {
-            return crate::error::null_parameter("callback");
-        };
-        let execution = match execution(flags) {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
-        let handler = request_adapter(cb, SendPtr(userdata), execution);
-        match with_router(server, |r| {
-            r.register(method, execution, handler);
-        }) {
-            Ok(()) => foorpc_result::Ok,
-            Err(code) => code,
-        }
+        register(server, Registration::Request(Some(method), callback), userdata, flags)
     }
 }
 
@@ -392,28 +233,16 @@ pub extern "C" fn foorpc_server_register_fallback(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let server = try_ref!(server);
-        let Some(cb) = callback else {
-            return crate::error::null_parameter("callback");
-        };
-        let execution = match execution(flags) {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
-        let handler = request_adapter(cb, SendPtr(userdata), execution);
-        match with_router(server, |r| {
-            r.fallback(execution, handler);
-        }) {
-            Ok(()) => foorpc_result::Ok,
-            Err(code) => code,
-        }
+        register(server, Registration::Request(None, callback), userdata, flags)
     }
 }
 
 /// Registers `callback` for notifications of `method` (NUL-terminated
-/// UTF-8, copied). Notifications nobody registered are ignored. `flags`,
-/// `userdata` and the threads are as for foorpc_server_register; use
-/// FOORPC_HANDLER_INLINE to see one connection's notifications in order.
-/// Only before the server starts.
+/// UTF-8, copied). Notifications nobody registered are ignored (see
+/// foorpc_server_register_notification_fallback). `flags`, `userdata` and
+/// the threads are as for foorpc_server_register; use FOORPC_HANDLER_INLINE
+/// to see one connection's notifications in order. The callback gets the
+/// connection as a borrowed foorpc_peer. Only before the server starts.
 #[no_mangle]
 pub extern "C" fn foorpc_server_register_notification(
     server: *mut foorpc_server,
@@ -425,20 +254,23 @@ pub extern "C" fn foorpc_server_register_notification(
     ffi_panic_boundary! {
         let server = try_ref!(server);
         let method = try_cstr!(method);
-        let Some(cb) = callback else {
-            return crate::error::null_parameter("callback");
-        };
-        let execution = match execution(flags) {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
-        let handler = notification_adapter(cb, SendPtr(userdata), execution);
-        match with_router(server, |r| {
-            r.notification(method, execution, handler);
-        }) {
-            Ok(()) => foorpc_result::Ok,
-            Err(code) => code,
-        }
+        register(server, Registration::Notification(Some(method), callback), userdata, flags)
+    }
+}
+
+/// Registers `callback` for notifications of every method that has no
+/// notification handler of its own (instead of ignoring them). Otherwise as
+/// foorpc_server_register_notification. Only before the server starts.
+#[no_mangle]
+pub extern "C" fn foorpc_server_register_notification_fallback(
+    server: *mut foorpc_server,
+    callback: foorpc_notification_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        register(server, Registration::Notification(None, callback), userdata, flags)
     }
 }
 
@@ -573,7 +405,7 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
     ffi_panic_boundary! {
         let server = try_ref!(server);
         let shared = server.shared.clone();
-        let inline = IN_INLINE_HANDLER.with(Cell::get);
+        let inline = in_inline_handler();
         let mut st = shared.lock();
         match std::mem::take(&mut *st) {
             State::Building { addrs, .. } => {
@@ -642,6 +474,26 @@ fn take_responder(responder: *mut foorpc_responder) -> Option<Responder> {
     }
     // SAFETY: handed out by a handler adapter, used once (the C contract).
     Some(unsafe { Box::from_raw(responder) }.inner)
+}
+
+/// The connection the request came on: on success `*peer_out` receives a
+/// new handle to it, which the caller owns and must free with
+/// foorpc_peer_free (it may outlive the responder). Use it to call the
+/// caller back (foorpc_peer_call from a pool handler, foorpc_peer_call_async
+/// from anywhere), to tell connections apart (foorpc_peer_id) or to close
+/// the connection (foorpc_peer_close). Does not answer or free the
+/// responder. Any thread that owns the responder.
+#[no_mangle]
+pub extern "C" fn foorpc_responder_peer(
+    responder: *const foorpc_responder,
+    peer_out: *mut *mut foorpc_peer,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let responder = try_ref!(responder);
+        let out = try_mut!(peer_out);
+        *out = Box::into_raw(Box::new(foorpc_peer { inner: responder.peer.clone() }));
+        foorpc_result::Ok
+    }
 }
 
 /// Answers the request with a result: `result`/`result_len` is the MessagePack

@@ -2,7 +2,9 @@
  * Tests of the libfoorpc C API: NULL arguments, every _free(NULL), writer and
  * reader round trips of every type, calls (sync, async with callback,
  * notifications), remote error objects, timeouts, answering later from
- * another thread, server start/run/stop. Built against the installed header
+ * another thread, server start/run/stop; connections as handlers see them
+ * (foorpc_peer: ids, calling the client back, notifications both ways,
+ * closing one connection), notification fallbacks, client-side handlers. Built against the installed header
  * and library; also run under valgrind. Last line: "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
@@ -73,6 +75,18 @@ static void test_results(void) {
     CHECK(!foorpc_result_is_connection_error(FOORPC_RESULT_TIMEOUT));
 }
 
+/* Handlers that are only registered, never called. */
+static void h_dummy(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                    foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_responder_free(resp);
+}
+
+static void h_dummy_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                         const foorpc_peer *peer) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len, (void)peer;
+}
+
 static void test_free_null_and_null_args(void) {
     foorpc_buf_free(NULL);
     foorpc_writer_free(NULL);
@@ -81,6 +95,9 @@ static void test_free_null_and_null_args(void) {
     foorpc_client_close(NULL);
     foorpc_server_free(NULL);
     foorpc_responder_free(NULL);
+    foorpc_peer_free(NULL);
+    foorpc_peer_close(NULL);
+    foorpc_client_options_free(NULL);
     passed++; /* survived */
 
     uint8_t byte = 0;
@@ -114,9 +131,64 @@ static void test_free_null_and_null_args(void) {
     CHECK(foorpc_responder_error_message(NULL, 0, "x", 1) == FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_last_error_message(NULL, 10, &n) == FOORPC_RESULT_NULL_PARAMETER);
 
+    /* Peers, client options, the new registrations. */
+    foorpc_peer *p = NULL;
+    foorpc_client_options *o = NULL;
+    CHECK(foorpc_peer_id(NULL) == 0);
+    CHECK(!foorpc_peer_is_connected(NULL));
+    CHECK(foorpc_peer_call(NULL, "m", NULL, 0, 0, NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(last_error_contains("peer"));
+    CHECK(foorpc_peer_call_async(NULL, "m", NULL, 0, 0, NULL, NULL) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_peer_notify(NULL, "m", NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_peer_clone(NULL, &p) == FOORPC_RESULT_NULL_PARAMETER && p == NULL);
+    CHECK(foorpc_responder_peer(NULL, &p) == FOORPC_RESULT_NULL_PARAMETER && p == NULL);
+    CHECK(foorpc_client_options_new(NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register(NULL, "m", h_dummy, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_fallback(NULL, h_dummy, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification(NULL, "m", h_dummy_note, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification_fallback(NULL, h_dummy_note, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    OK(foorpc_client_options_new(&o));
+    CHECK(foorpc_client_options_register(o, NULL, h_dummy, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register(o, "m", NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(last_error_contains("callback"));
+    CHECK(foorpc_client_options_register(o, "m", h_dummy, NULL, 77) ==
+          FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_client_options_register(o, "\xff", h_dummy, NULL, 0) ==
+          FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_client_options_register_fallback(o, NULL, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification(o, NULL, h_dummy_note, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification(o, "m", NULL, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification_fallback(o, NULL, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_options_register_notification_fallback(o, h_dummy_note, NULL, 9) ==
+          FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_client_connect_with(NULL, 0, o, &c) == FOORPC_RESULT_NULL_PARAMETER && c == NULL);
+    CHECK(foorpc_client_connect_with("tcp://127.0.0.1:1", 0, o, NULL) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_client_connect_with("http://x", 0, o, &c) == FOORPC_RESULT_INVALID_ADDRESS &&
+          c == NULL);
+    foorpc_client_options_free(o);
+
     OK(foorpc_server_new(&s));
     CHECK(foorpc_server_register(s, NULL, NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_server_register(s, "m", NULL, NULL, 0) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_register_notification_fallback(NULL, h_dummy_note, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_register_notification_fallback(s, NULL, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_register_notification_fallback(s, h_dummy_note, NULL, 2) ==
+          FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_server_register_notification(s, "n", NULL, NULL, 0) ==
+          FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_server_bind(s, "nonsense") == FOORPC_RESULT_INVALID_ADDRESS);
     CHECK(foorpc_server_start(s) == FOORPC_RESULT_INVALID_STATE); /* nothing bound */
     foorpc_server_free(s);
@@ -414,8 +486,10 @@ static void h_stop(void *ud, const char *m, size_t ml, const uint8_t *params, si
 static pthread_mutex_t note_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t note_sum = 0;
 static int note_count = 0;
+static uint64_t note_peer_id = 0;
 
-static void h_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len) {
+static void h_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   const foorpc_peer *peer) {
     (void)ud;
     foorpc_reader *r = NULL;
     uint32_t n;
@@ -427,6 +501,7 @@ static void h_note(void *ud, const char *m, size_t ml, const uint8_t *params, si
     pthread_mutex_lock(&note_lock);
     if (ml == 4 && memcmp(m, "note", 4) == 0 && m[4] == '\0') note_sum += v;
     note_count++;
+    note_peer_id = foorpc_peer_id(peer);
     pthread_mutex_unlock(&note_lock);
 }
 
@@ -668,6 +743,7 @@ static void test_calls(const char *bind_address) {
     OK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x01", 3, 0, NULL)); /* a barrier */
     pthread_mutex_lock(&note_lock);
     CHECK(note_count == 10 && note_sum == 55);
+    CHECK(note_peer_id != 0);
     pthread_mutex_unlock(&note_lock);
 
     /* close: later calls fail; a pending async call completes with CLOSED. */
@@ -731,6 +807,431 @@ static void test_fallback(void) {
     foorpc_server_free(s);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Connections as handlers see them (foorpc_peer), in both directions:
+ * connection ids, the server calling the client back (blocking from a pool
+ * handler, asynchronously from an inline one), notifications both ways,
+ * notification fallbacks, client-side handlers, closing one connection. */
+
+static struct {
+    pthread_mutex_t lock;
+    /* server side */
+    int any_notes;             /* seen by the server's notification fallback */
+    char any_method[32];
+    uint64_t any_peer_id;
+    foorpc_peer *kept;         /* a clone of the first connection that notified */
+    int responder_peer_null_rc;
+    /* client side */
+    int pings;
+    int64_t ping_sum;
+    uint64_t ping_peer_id;
+    int client_any_notes;
+    char client_any_method[32];
+} ps = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, 0, NULL, -1, 0, 0, 0, 0, {0}};
+
+static void answer_i64(foorpc_responder *resp, int64_t v) {
+    foorpc_writer *w = NULL;
+    foorpc_writer_new(&w);
+    foorpc_writer_int(w, v);
+    foorpc_responder_ok(resp, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+}
+
+static void answer_u64(foorpc_responder *resp, uint64_t v) {
+    foorpc_writer *w = NULL;
+    foorpc_writer_new(&w);
+    foorpc_writer_uint(w, v);
+    foorpc_responder_ok(resp, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+}
+
+static uint64_t buf_uint(const foorpc_buf *buf) {
+    foorpc_reader *r = NULL;
+    uint64_t v = 0;
+    foorpc_reader_new(foorpc_buf_data(buf), foorpc_buf_len(buf), &r);
+    foorpc_reader_read_uint(r, &v);
+    foorpc_reader_free(r);
+    return v;
+}
+
+/* Copies a method name into a NUL-terminated buffer. */
+static void copy_name(char *dst, size_t cap, const char *m, size_t ml) {
+    size_t n = ml < cap - 1 ? ml : cap - 1;
+    memcpy(dst, m, n);
+    dst[n] = '\0';
+}
+
+/* Server, inline: answers the id of the caller's connection. */
+static void s_whoami(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                     foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_peer *peer = NULL;
+    int null_rc = (int)foorpc_responder_peer(resp, NULL);
+    pthread_mutex_lock(&ps.lock);
+    ps.responder_peer_null_rc = null_rc;
+    pthread_mutex_unlock(&ps.lock);
+    if (foorpc_responder_peer(resp, &peer) != FOORPC_RESULT_OK) {
+        foorpc_responder_free(resp);
+        return;
+    }
+    answer_u64(resp, foorpc_peer_id(peer));
+    foorpc_peer_free(peer);
+}
+
+/* Inline handler on either side: a blocking call back is refused there; answers its code. */
+static void h_inline_call(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                          foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_peer *peer = NULL;
+    foorpc_buf *out = NULL;
+    foorpc_result rc;
+    foorpc_responder_peer(resp, &peer);
+    rc = foorpc_peer_call(peer, "whoami", (const uint8_t *)"\x90", 1, 1000, &out);
+    foorpc_buf_free(out);
+    foorpc_peer_free(peer);
+    answer_i64(resp, (int64_t)rc);
+}
+
+/* Server, pool: call_back(method, params) relays the client's answer, an error unchanged. */
+static void s_call_back(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                        foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    foorpc_peer *peer = NULL;
+    foorpc_buf *out = NULL;
+    uint32_t n = 0;
+    const char *name = NULL;
+    size_t name_len = 0;
+    const uint8_t *inner = NULL;
+    size_t inner_len = 0;
+    char method[64];
+    foorpc_result rc;
+    foorpc_reader_new(params, len, &r);
+    if (foorpc_reader_read_array(r, &n) || n != 2 || foorpc_reader_read_str(r, &name, &name_len) ||
+        foorpc_reader_read_raw(r, &inner, &inner_len)) {
+        foorpc_reader_free(r);
+        foorpc_responder_error_message(resp, 1, "call_back(method, params)", 25);
+        return;
+    }
+    copy_name(method, sizeof method, name, name_len);
+    foorpc_responder_peer(resp, &peer);
+    rc = foorpc_peer_call(peer, method, inner, inner_len, 5000, &out);
+    if (rc == FOORPC_RESULT_OK)
+        foorpc_responder_ok(resp, foorpc_buf_data(out), foorpc_buf_len(out));
+    else if (rc == FOORPC_RESULT_REMOTE_ERROR)
+        foorpc_responder_error(resp, foorpc_buf_data(out), foorpc_buf_len(out));
+    else
+        foorpc_responder_error_message(resp, 0, "call failed", 11);
+    foorpc_buf_free(out);
+    foorpc_peer_free(peer);
+    foorpc_reader_free(r);
+}
+
+/* The outcome of the asynchronous call back answers the request (userdata: its responder). */
+static void on_called_back(void *userdata, foorpc_result rc, const uint8_t *data, size_t len) {
+    foorpc_responder *resp = userdata;
+    if (rc == FOORPC_RESULT_OK)
+        foorpc_responder_ok(resp, data, len);
+    else if (rc == FOORPC_RESULT_REMOTE_ERROR)
+        foorpc_responder_error(resp, data, len);
+    else
+        foorpc_responder_error_message(resp, 0, "async call failed", 17);
+}
+
+/* Server, inline: mul_back(a, b) asks the client for mul(a, b) without blocking. */
+static void s_mul_back(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                       foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_peer *peer = NULL;
+    foorpc_responder_peer(resp, &peer);
+    if (foorpc_peer_call_async(peer, "mul", params, len, 5000, on_called_back, resp) !=
+        FOORPC_RESULT_OK)
+        foorpc_responder_free(resp);
+    foorpc_peer_free(peer); /* the call in flight does not need the handle */
+}
+
+/* Server, inline: sends the caller ping(7) and other(), then answers nil. */
+static void s_notify_back(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                          foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_peer *peer = NULL;
+    foorpc_responder_peer(resp, &peer);
+    foorpc_peer_notify(peer, "ping", (const uint8_t *)"\x91\x07", 2);
+    foorpc_peer_notify(peer, "other", NULL, 0);
+    foorpc_peer_free(peer);
+    foorpc_responder_ok(resp, NULL, 0);
+}
+
+/* Server, inline: closes the caller's connection without answering. */
+static void s_disconnect(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                         foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_peer *peer = NULL;
+    foorpc_responder_peer(resp, &peer);
+    foorpc_peer_close(peer);
+    foorpc_peer_close(peer); /* twice is fine */
+    if (!foorpc_peer_is_connected(peer)) foorpc_responder_free(resp); /* its reply goes nowhere */
+    else foorpc_responder_error_message(resp, 0, "still connected", 15);
+    foorpc_peer_free(peer);
+}
+
+/* Server notification fallback: records, and keeps the first connection. */
+static void s_any_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                       const foorpc_peer *peer) {
+    (void)ud, (void)params, (void)len;
+    pthread_mutex_lock(&ps.lock);
+    ps.any_notes++;
+    copy_name(ps.any_method, sizeof ps.any_method, m, ml);
+    ps.any_peer_id = foorpc_peer_id(peer);
+    if (ps.kept == NULL) foorpc_peer_clone(peer, &ps.kept);
+    pthread_mutex_unlock(&ps.lock);
+}
+
+/* Client: mul(a, b); an error [1, "bad args"] otherwise. Inline and pool. */
+static void c_mul(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                  foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    uint32_t n = 0;
+    int64_t a = 0, b = 0;
+    foorpc_reader_new(params, len, &r);
+    if (foorpc_reader_read_array(r, &n) || n != 2 || foorpc_reader_read_int(r, &a) ||
+        foorpc_reader_read_int(r, &b))
+        foorpc_responder_error_message(resp, 1, "bad args", 8);
+    else
+        answer_i64(resp, a * b);
+    foorpc_reader_free(r);
+}
+
+static void c_ping(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   const foorpc_peer *peer) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    uint32_t n = 0;
+    int64_t v = 0;
+    foorpc_reader_new(params, len, &r);
+    foorpc_reader_read_array(r, &n);
+    foorpc_reader_read_int(r, &v);
+    foorpc_reader_free(r);
+    pthread_mutex_lock(&ps.lock);
+    ps.pings++;
+    ps.ping_sum += v;
+    ps.ping_peer_id = foorpc_peer_id(peer);
+    pthread_mutex_unlock(&ps.lock);
+}
+
+static void c_any_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                       const foorpc_peer *peer) {
+    (void)ud, (void)params, (void)len, (void)peer;
+    pthread_mutex_lock(&ps.lock);
+    ps.client_any_notes++;
+    copy_name(ps.client_any_method, sizeof ps.client_any_method, m, ml);
+    pthread_mutex_unlock(&ps.lock);
+}
+
+static uint64_t whoami(const foorpc_client *c) {
+    foorpc_buf *res = NULL;
+    uint64_t id = 0;
+    if (foorpc_client_call(c, "whoami", NULL, 0, 0, &res) == FOORPC_RESULT_OK) id = buf_uint(res);
+    foorpc_buf_free(res);
+    return id;
+}
+
+/* call_back(method, params) through client c, params given as MessagePack hex; returns the
+ * code, with the result or error object in *out. */
+static foorpc_result call_back(const foorpc_client *c, const char *method, const char *params_hex,
+                               foorpc_buf **out) {
+    foorpc_writer *w = NULL;
+    uint8_t raw[64];
+    size_t n = strlen(params_hex) / 2;
+    foorpc_result rc;
+    for (size_t i = 0; i < n && i < sizeof raw; i++) {
+        unsigned v;
+        sscanf(params_hex + 2 * i, "%2x", &v);
+        raw[i] = (uint8_t)v;
+    }
+    foorpc_writer_new(&w);
+    foorpc_writer_array(w, 2);
+    foorpc_writer_cstr(w, method);
+    foorpc_writer_raw(w, raw, n);
+    rc = foorpc_client_call(c, "call_back", foorpc_writer_data(w), foorpc_writer_len(w), 5000, out);
+    foorpc_writer_free(w);
+    return rc;
+}
+
+static int buf_contains(const foorpc_buf *b, const char *needle) {
+    size_t n = strlen(needle), len = foorpc_buf_len(b);
+    for (size_t i = 0; i + n <= len; i++)
+        if (memcmp(foorpc_buf_data(b) + i, needle, n) == 0) return 1;
+    return 0;
+}
+
+static int buf_is(const foorpc_buf *b, const char *bytes, size_t len) {
+    return foorpc_buf_len(b) == len && memcmp(foorpc_buf_data(b), bytes, len) == 0;
+}
+
+/* Waits up to 2 s for *counter (under ps.lock) to reach n. */
+static int wait_count(const int *counter, int n) {
+    for (int i = 0; i < 200; i++) {
+        pthread_mutex_lock(&ps.lock);
+        int got = *counter;
+        pthread_mutex_unlock(&ps.lock);
+        if (got >= n) return 1;
+        sleep_ms(10);
+    }
+    return 0;
+}
+
+static void test_peers(const char *bind_address) {
+    foorpc_server *s = NULL;
+    foorpc_client_options *o = NULL;
+    foorpc_client *a = NULL, *b = NULL, *plain = NULL;
+    foorpc_buf *res = NULL;
+    foorpc_peer *p = NULL;
+    char addr[256];
+    uint64_t id_a, id_b, id_plain;
+
+    note_count = 0, note_sum = 0, note_peer_id = 0;
+    OK(foorpc_server_new(&s));
+    OK(foorpc_server_register(s, "whoami", s_whoami, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "inline_call", h_inline_call, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "call_back", s_call_back, NULL, FOORPC_HANDLER_POOL));
+    OK(foorpc_server_register(s, "mul_back", s_mul_back, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "notify_back", s_notify_back, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "disconnect", s_disconnect, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register_notification(s, "note", h_note, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register_notification_fallback(s, s_any_note, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_bind(s, bind_address));
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+    OK(foorpc_server_start(s));
+    CHECK(foorpc_server_register_notification_fallback(s, s_any_note, NULL, 0) ==
+          FOORPC_RESULT_INVALID_STATE);
+
+    /* Two clients share one options object, freed once they are connected. */
+    OK(foorpc_client_options_new(&o));
+    OK(foorpc_client_options_register(o, "mul", c_mul, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_client_options_register(o, "mul_pool", c_mul, NULL, FOORPC_HANDLER_POOL));
+    OK(foorpc_client_options_register(o, "inline_call", h_inline_call, NULL,
+                                      FOORPC_HANDLER_INLINE));
+    OK(foorpc_client_options_register_fallback(o, h_fallback, NULL, FOORPC_HANDLER_POOL));
+    OK(foorpc_client_options_register_notification(o, "ping", c_ping, NULL,
+                                                   FOORPC_HANDLER_INLINE));
+    OK(foorpc_client_options_register_notification_fallback(o, c_any_note, NULL,
+                                                            FOORPC_HANDLER_POOL));
+    OK(foorpc_client_connect_with(addr, 2000, o, &a));
+    OK(foorpc_client_connect_with(addr, 2000, o, &b));
+    foorpc_client_options_free(o);
+    OK(foorpc_client_connect_with(addr, 2000, NULL, &plain)); /* NULL: like connect */
+
+    /* Connection ids: stable per connection, distinct between connections. */
+    id_a = whoami(a), id_b = whoami(b), id_plain = whoami(plain);
+    CHECK(id_a != 0 && id_b != 0 && id_plain != 0);
+    CHECK(id_a != id_b && id_a != id_plain && id_b != id_plain);
+    CHECK(whoami(a) == id_a);
+    CHECK(ps.responder_peer_null_rc == FOORPC_RESULT_NULL_PARAMETER);
+
+    /* Notifications: a named handler first, the fallback for the rest; both see the peer. */
+    OK(foorpc_client_notify(a, "note", (const uint8_t *)"\x91\x05", 2));
+    OK(foorpc_client_notify(a, "hello", (const uint8_t *)"\x91\x01", 2));
+    CHECK(whoami(a) == id_a); /* a barrier: inline handlers run in arrival order */
+    pthread_mutex_lock(&note_lock);
+    CHECK(note_count == 1 && note_sum == 5 && note_peer_id == id_a);
+    pthread_mutex_unlock(&note_lock);
+    pthread_mutex_lock(&ps.lock);
+    CHECK(ps.any_notes == 1 && strcmp(ps.any_method, "hello") == 0 && ps.any_peer_id == id_a);
+    CHECK(ps.kept != NULL && foorpc_peer_id(ps.kept) == id_a);
+    pthread_mutex_unlock(&ps.lock);
+    OK(foorpc_client_notify(b, "bye", NULL, 0));
+    CHECK(whoami(b) == id_b);
+    pthread_mutex_lock(&ps.lock);
+    CHECK(ps.any_notes == 2 && strcmp(ps.any_method, "bye") == 0 && ps.any_peer_id == id_b);
+    pthread_mutex_unlock(&ps.lock);
+    CHECK(foorpc_peer_is_connected(ps.kept));
+    CHECK(foorpc_peer_clone(ps.kept, NULL) == FOORPC_RESULT_NULL_PARAMETER);
+    OK(foorpc_peer_clone(ps.kept, &p));
+    CHECK(foorpc_peer_id(p) == id_a);
+    foorpc_peer_free(p);
+    p = NULL;
+
+    /* The server calls the client back: blocking from a pool handler. */
+    CHECK(call_back(a, "mul", "920607", &res) == FOORPC_RESULT_OK && buf_int(res) == 42);
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(call_back(b, "mul_pool", "92fd07", &res) == FOORPC_RESULT_OK && buf_int(res) == -21);
+    foorpc_buf_free(res);
+    res = NULL;
+    /* The client's error object is relayed unchanged. */
+    CHECK(call_back(a, "mul", "91a178", &res) == FOORPC_RESULT_REMOTE_ERROR &&
+          buf_is(res, "\x92\x01\xa8" "bad args", 11));
+    foorpc_buf_free(res);
+    res = NULL;
+    /* The client's request fallback answers the method name. */
+    CHECK(call_back(a, "any.thing", "90", &res) == FOORPC_RESULT_OK &&
+          buf_is(res, "\xa9" "any.thing", 10));
+    foorpc_buf_free(res);
+    res = NULL;
+    /* A client without handlers answers "unknown method". */
+    CHECK(call_back(plain, "mul", "920607", &res) == FOORPC_RESULT_REMOTE_ERROR);
+    CHECK(buf_contains(res, "unknown method: mul"));
+    foorpc_buf_free(res);
+    res = NULL;
+    /* Blocking calls from inline handlers are refused, on either side. */
+    CHECK(foorpc_client_call(a, "inline_call", NULL, 0, 0, &res) == FOORPC_RESULT_OK &&
+          buf_int(res) == FOORPC_RESULT_USAGE);
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(call_back(a, "inline_call", "90", &res) == FOORPC_RESULT_OK &&
+          buf_int(res) == FOORPC_RESULT_USAGE);
+    foorpc_buf_free(res);
+    res = NULL;
+    /* Asynchronously from an inline handler. */
+    CHECK(foorpc_client_call(a, "mul_back", (const uint8_t *)"\x92\x03\x04", 3, 0, &res) ==
+              FOORPC_RESULT_OK &&
+          buf_int(res) == 12);
+    foorpc_buf_free(res);
+    res = NULL;
+    CHECK(foorpc_client_call(a, "mul_back", (const uint8_t *)"\x90", 1, 0, &res) ==
+              FOORPC_RESULT_REMOTE_ERROR &&
+          buf_is(res, "\x92\x01\xa8" "bad args", 11));
+    foorpc_buf_free(res);
+    res = NULL;
+
+    /* The server notifies the client: a named handler and the client's fallback. */
+    OK(foorpc_client_call(a, "notify_back", NULL, 0, 0, NULL));
+    CHECK(wait_count(&ps.pings, 1) && wait_count(&ps.client_any_notes, 1));
+    pthread_mutex_lock(&ps.lock);
+    CHECK(ps.pings == 1 && ps.ping_sum == 7 && ps.ping_peer_id != 0);
+    CHECK(ps.client_any_notes == 1 && strcmp(ps.client_any_method, "other") == 0);
+    pthread_mutex_unlock(&ps.lock);
+
+    /* A handler closes its connection without answering; the others go on. */
+    CHECK(foorpc_client_call(b, "disconnect", NULL, 0, 5000, &res) ==
+              FOORPC_RESULT_CONNECTION_LOST &&
+          res == NULL);
+    CHECK(!foorpc_client_is_connected(b));
+    CHECK(whoami(a) == id_a && whoami(plain) == id_plain);
+
+    /* A kept handle closes its connection from outside any handler. */
+    foorpc_peer_close(ps.kept);
+    CHECK(!foorpc_peer_is_connected(ps.kept));
+    CHECK(foorpc_peer_notify(ps.kept, "late", NULL, 0) != FOORPC_RESULT_OK);
+    CHECK(foorpc_peer_call(ps.kept, "mul", NULL, 0, 500, &res) != FOORPC_RESULT_OK && res == NULL);
+    CHECK(foorpc_peer_call_async(ps.kept, "mul", NULL, 0, 500, on_called_back, NULL) !=
+          FOORPC_RESULT_OK);
+    CHECK(foorpc_client_call(a, "whoami", NULL, 0, 2000, NULL) != FOORPC_RESULT_OK);
+    CHECK(whoami(plain) == id_plain);
+
+    foorpc_client_free(a);
+    foorpc_client_free(b);
+    foorpc_client_free(plain);
+    foorpc_server_free(s);
+    CHECK(foorpc_peer_id(ps.kept) == id_a); /* still a valid handle after the server went */
+    foorpc_peer_free(ps.kept);
+    ps.kept = NULL;
+    ps.any_notes = ps.pings = ps.client_any_notes = 0;
+    ps.ping_sum = 0;
+}
+
 static void test_run_and_stop(void) {
     /* Stop from another thread while run blocks. */
     foorpc_server *s = make_server("tcp://127.0.0.1:0");
@@ -786,6 +1287,9 @@ int main(void) {
     snprintf(unix_addr, sizeof unix_addr, "unix:///tmp/foorpc-test-api-%ld.sock", (long)getpid());
     test_calls(unix_addr);
     test_fallback();
+    test_peers("tcp://127.0.0.1:0");
+    snprintf(unix_addr, sizeof unix_addr, "unix:///tmp/foorpc-test-peers-%ld.sock", (long)getpid());
+    test_peers(unix_addr);
     test_run_and_stop();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

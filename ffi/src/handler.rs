@@ -1,0 +1,239 @@
+//! C handlers: the callback types, the handler flags, and the adapters that
+//! turn a C callback into a core handler. Shared by the server
+//! (`foorpc_server_register*`) and by client-side handlers
+//! (`foorpc_client_options_register*`): both fill a core `Router`.
+
+use std::cell::Cell;
+use std::os::raw::{c_char, c_void};
+
+use foorpc::{Execution, Notification, Request, Router, Value};
+
+use crate::error::{fail, foorpc_result, null_parameter};
+use crate::peer::{foorpc_peer, SendPtr};
+use crate::server::foorpc_responder;
+
+/// Flag for foorpc_server_register* and foorpc_client_options_register*: run
+/// the handler on foorpc's worker pool (the default, 0). It may block
+/// (including blocking calls back to the peer with foorpc_peer_call);
+/// handlers of concurrent requests run at the same time on different threads.
+pub const FOORPC_HANDLER_POOL: u32 = 0;
+/// Flag for foorpc_server_register* and foorpc_client_options_register*: run
+/// the handler on the I/O thread that read the message: no thread hand-off,
+/// but it must be quick and never block (no blocking foorpc calls, which fail
+/// there with FOORPC_RESULT_USAGE; no sleeping). Use it for short handlers and
+/// for handlers that hand their responder to another thread to answer later.
+/// Inline notification handlers see notifications of one connection in
+/// arrival order.
+pub const FOORPC_HANDLER_INLINE: u32 = 1;
+
+/// Handles one request.
+///
+/// `userdata` is the pointer given at registration. `method`/`method_len`
+/// name the method called (NUL-terminated too, for convenience); `params`/
+/// `params_len` are the MessagePack encoding of the params array (read it
+/// with foorpc_reader). Both are borrowed: valid only until the callback
+/// returns.
+///
+/// `responder` is owned by the callback: answer exactly once with
+/// foorpc_responder_ok or foorpc_responder_error (which free it), now or
+/// later from any thread, or free it with foorpc_responder_free (which sends
+/// an error reply). It stays valid until then, even after the server stops.
+/// foorpc_responder_peer gives the connection the request came on (to call
+/// the caller back, or to close its connection).
+///
+/// Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
+/// threads at once for concurrent requests, or on the I/O thread that read
+/// the request (FOORPC_HANDLER_INLINE).
+pub type foorpc_handler_callback = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        method: *const c_char,
+        method_len: usize,
+        params: *const u8,
+        params_len: usize,
+        responder: *mut foorpc_responder,
+    ),
+>;
+
+/// Handles one notification (no answer is sent). `userdata`, `method` and
+/// `params` and the threads are as for foorpc_handler_callback.
+///
+/// `peer` is the connection the notification came on, borrowed: valid only
+/// until the callback returns. foorpc_peer_id tells connections apart; call
+/// foorpc_peer_clone to keep a handle for later. Never NULL.
+pub type foorpc_notification_callback = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        method: *const c_char,
+        method_len: usize,
+        params: *const u8,
+        params_len: usize,
+        peer: *const foorpc_peer,
+    ),
+>;
+
+type HandlerFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const c_char,
+    usize,
+    *const u8,
+    usize,
+    *mut foorpc_responder,
+);
+type NotificationFn =
+    unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const u8, usize, *const foorpc_peer);
+
+thread_local! {
+    /// True while an inline C handler runs on an I/O thread, where a
+    /// blocking server stop would deadlock.
+    static IN_INLINE_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while an inline C handler runs on this thread.
+pub(crate) fn in_inline_handler() -> bool {
+    IN_INLINE_HANDLER.with(Cell::get)
+}
+
+/// Something C handlers are registered on: a server being built, or client options.
+pub(crate) trait Handlers {
+    /// Runs `f` on the router, or fails (with the last error set) when
+    /// handlers can no longer be registered.
+    fn with_router(&self, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result>;
+}
+
+fn execution(flags: u32) -> Result<Execution, foorpc_result> {
+    match flags {
+        FOORPC_HANDLER_POOL => Ok(Execution::Pool),
+        FOORPC_HANDLER_INLINE => Ok(Execution::Inline),
+        other => Err(fail(
+            foorpc_result::InvalidArgument,
+            format!("unknown handler flags {other:#x}"),
+        )),
+    }
+}
+
+/// The C callback and where it runs, or the error for a NULL callback or
+/// unknown flags.
+fn checked<F>(callback: Option<F>, flags: u32) -> Result<(F, Execution), foorpc_result> {
+    let Some(cb) = callback else {
+        return Err(null_parameter("callback"));
+    };
+    Ok((cb, execution(flags)?))
+}
+
+/// Passes a message to C: encodes `method` (NUL-terminated) and the params
+/// array into one allocation, then runs `f(method, method_len, params,
+/// params_len)`, with the inline-handler flag set for inline handlers. The
+/// pointers are valid during `f`.
+fn deliver(
+    execution: Execution,
+    method: &str,
+    params: Vec<Value>,
+    f: impl FnOnce(*const c_char, usize, *const u8, usize),
+) {
+    let mut bytes = Vec::with_capacity(method.len() + 16);
+    bytes.extend_from_slice(method.as_bytes());
+    bytes.push(0);
+    let at = bytes.len();
+    foorpc::codec::encode_value(&mut bytes, &Value::Array(params));
+    let call = || {
+        f(
+            bytes.as_ptr().cast(),
+            method.len(),
+            bytes[at..].as_ptr(),
+            bytes.len() - at,
+        )
+    };
+    if execution == Execution::Inline {
+        let was = IN_INLINE_HANDLER.with(|c| c.replace(true));
+        call();
+        IN_INLINE_HANDLER.with(|c| c.set(was));
+    } else {
+        call();
+    }
+}
+
+/// A core request handler calling `callback`, and where it runs.
+fn request_handler(
+    callback: foorpc_handler_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> Result<(Execution, impl Fn(Request) + Send + Sync + 'static), foorpc_result> {
+    let (cb, execution): (HandlerFn, _) = checked(callback, flags)?;
+    let userdata = SendPtr(userdata);
+    let handler = move |req: Request| {
+        let resp = Box::into_raw(Box::new(foorpc_responder {
+            inner: req.responder,
+            peer: req.peer,
+        }));
+        deliver(execution, &req.method, req.params, |m, ml, p, pl| {
+            // SAFETY: the caller's C function and userdata; the pointers stay
+            // valid for the duration of the call; `resp` is handed over.
+            unsafe { cb(userdata.get(), m, ml, p, pl, resp) }
+        });
+    };
+    Ok((execution, handler))
+}
+
+/// A core notification handler calling `callback`, and where it runs.
+fn notification_handler(
+    callback: foorpc_notification_callback,
+    userdata: *mut c_void,
+    flags: u32,
+) -> Result<(Execution, impl Fn(Notification) + Send + Sync + 'static), foorpc_result> {
+    let (cb, execution): (NotificationFn, _) = checked(callback, flags)?;
+    let userdata = SendPtr(userdata);
+    let handler = move |n: Notification| {
+        let peer = foorpc_peer { inner: n.peer };
+        deliver(execution, &n.method, n.params, |m, ml, p, pl| {
+            // SAFETY: as in request_handler; `peer` is borrowed for the call.
+            unsafe { cb(userdata.get(), m, ml, p, pl, &peer) }
+        });
+    };
+    Ok((execution, handler))
+}
+
+/// What a registration is for: requests or notifications, of one method or
+/// of every method without a handler of its own (`None`).
+pub(crate) enum Registration<'a> {
+    Request(Option<&'a str>, foorpc_handler_callback),
+    Notification(Option<&'a str>, foorpc_notification_callback),
+}
+
+/// Registers a C callback on `target` (the body of every
+/// foorpc_*_register* export, after its own argument checks).
+pub(crate) fn register(
+    target: &impl Handlers,
+    what: Registration<'_>,
+    userdata: *mut c_void,
+    flags: u32,
+) -> foorpc_result {
+    let installed = match what {
+        Registration::Request(method, callback) => {
+            let (execution, handler) = try_ok!(request_handler(callback, userdata, flags));
+            target.with_router(|r| match method {
+                Some(m) => {
+                    r.register(m, execution, handler);
+                }
+                None => {
+                    r.fallback(execution, handler);
+                }
+            })
+        }
+        Registration::Notification(method, callback) => {
+            let (execution, handler) = try_ok!(notification_handler(callback, userdata, flags));
+            target.with_router(|r| match method {
+                Some(m) => {
+                    r.notification(m, execution, handler);
+                }
+                None => {
+                    r.notification_fallback(execution, handler);
+                }
+            })
+        }
+    };
+    match installed {
+        Ok(()) => foorpc_result::Ok,
+        Err(code) => code,
+    }
+}
