@@ -47,6 +47,68 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     }
 }
 
+/// The params of a request or notification: values to encode, or a
+/// MessagePack array the caller has already encoded (checked with
+/// [`check_encoded`]), which is copied as is. The C and Python front ends
+/// encode straight from their own objects and skip building `Value`s.
+#[derive(Debug, Clone, Copy)]
+pub enum Params<'a> {
+    Values(&'a [Value]),
+    Encoded(&'a [u8]),
+}
+
+impl Params<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Params::Values(values) => write_params(out, values),
+            Params::Encoded(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+}
+
+/// Checks that `bytes` is exactly one complete MessagePack value within
+/// `limits` (and an array when `array` is set), so that it can be put on
+/// the wire as is.
+pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), DecodeError> {
+    let invalid = |reason: &str| DecodeError::Invalid {
+        msgid: None,
+        reason: reason.to_owned(),
+    };
+    if array && !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
+        return Err(invalid("params must be one MessagePack array"));
+    }
+    let mut scanner = Decoder::new(limits);
+    match scanner.scan(bytes)? {
+        Some(n) if n == bytes.len() => Ok(()),
+        Some(_) => Err(invalid("bytes follow the MessagePack value")),
+        None => Err(invalid("the MessagePack value is incomplete")),
+    }
+}
+
+/// Appends `[0, msgid, method, params]` with params given either way.
+pub fn encode_request_params(out: &mut Vec<u8>, msgid: u32, method: &str, params: Params<'_>) {
+    out.extend_from_slice(&[0x94, TYPE_REQUEST]);
+    write_uint(out, u64::from(msgid));
+    write_str(out, method.as_bytes());
+    params.write(out);
+}
+
+/// Appends `[2, method, params]` with params given either way.
+pub fn encode_notification_params(out: &mut Vec<u8>, method: &str, params: Params<'_>) {
+    out.extend_from_slice(&[0x93, TYPE_NOTIFICATION]);
+    write_str(out, method.as_bytes());
+    params.write(out);
+}
+
+/// Appends `[1, msgid, error, result]` where `error` and `result` are
+/// already encoded values (checked with [`check_encoded`]).
+pub fn encode_response_encoded(out: &mut Vec<u8>, msgid: u32, error: &[u8], result: &[u8]) {
+    out.extend_from_slice(&[0x94, TYPE_RESPONSE]);
+    write_uint(out, u64::from(msgid));
+    out.extend_from_slice(error);
+    out.extend_from_slice(result);
+}
+
 /// Appends `[0, msgid, method, params]`, writing straight into `out` (no
 /// intermediate `Value` for the envelope).
 pub fn encode_request(out: &mut Vec<u8>, msgid: u32, method: &str, params: &[Value]) {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, DecodeError, Decoder};
+use crate::codec::{self, DecodeError, Decoder, Params};
 use crate::dispatch::{Notification, Request, Responder, Router};
 use crate::error::{Error, Result, ERROR_CODE_VALIDATION};
 use crate::limits::Limits;
@@ -586,11 +586,8 @@ impl Conn {
     }
 
     /// Sends the reply to one request (called once per request, by its Responder).
-    pub(crate) fn respond(self: &Arc<Self>, msgid: u32, error: &Value, result: &Value) {
-        let _ = self.send(
-            self.config.call_timeout.map(|t| Instant::now() + t),
-            |out| codec::encode_response(out, msgid, error, result),
-        );
+    pub(crate) fn respond(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
+        let _ = self.send(self.config.call_timeout.map(|t| Instant::now() + t), encode);
         self.finish_request();
     }
 
@@ -607,7 +604,7 @@ impl Conn {
     pub(crate) fn start_call(
         self: &Arc<Self>,
         method: &str,
-        params: &[Value],
+        params: Params<'_>,
         deadline: Option<Instant>,
     ) -> Result<(u32, Arc<CallSlot>)> {
         let slot = CallSlot::new(deadline);
@@ -621,7 +618,7 @@ impl Conn {
             }
         }
         if let Err(e) = self.send(deadline, |out| {
-            codec::encode_request(out, msgid, method, params)
+            codec::encode_request_params(out, msgid, method, params)
         }) {
             lock(&self.pending).take(msgid);
             return Err(e);
@@ -629,11 +626,17 @@ impl Conn {
         Ok((msgid, slot))
     }
 
-    pub(crate) fn notify(self: &Arc<Self>, method: &str, params: &[Value]) -> Result<()> {
+    pub(crate) fn notify(self: &Arc<Self>, method: &str, params: Params<'_>) -> Result<()> {
         let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
         self.send(deadline, |out| {
-            codec::encode_notification(out, method, params)
+            codec::encode_notification_params(out, method, params)
         })
+    }
+
+    /// Checks caller-encoded bytes against this connection's limits.
+    pub(crate) fn check_encoded(&self, bytes: &[u8], array: bool) -> Result<()> {
+        codec::check_encoded(bytes, &self.config.limits, array)
+            .map_err(|e| Error::Usage(format!("invalid MessagePack: {e}")))
     }
 
     /// Forgets a call (timed out, or its handle was dropped).

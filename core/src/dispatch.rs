@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec;
 use crate::conn::Conn;
 use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 use crate::peer::Peer;
@@ -234,6 +235,44 @@ impl Responder {
         self.send(&error, &Value::Nil);
     }
 
+    /// Answers with a result already encoded as one MessagePack value
+    /// (checked, then sent as is). Invalid bytes send an error reply instead
+    /// and return [`Error::Usage`]: either way the request is answered.
+    pub fn ok_encoded(mut self, result: &[u8]) -> Result<(), Error> {
+        self.send_encoded(&[0xc0], result)
+    }
+
+    /// Answers with an error object already encoded as one MessagePack value
+    /// (a nil error object is not allowed: it would read as success).
+    pub fn error_encoded(mut self, error: &[u8]) -> Result<(), Error> {
+        if error == [0xc0] {
+            self.error(Error::error_object(ERROR_CODE_EXCEPTION, "error"));
+            return Err(Error::Usage("an error object must not be nil".into()));
+        }
+        self.send_encoded(error, &[0xc0])
+    }
+
+    fn send_encoded(&mut self, error: &[u8], result: &[u8]) -> Result<(), Error> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let checked = conn
+            .check_encoded(error, false)
+            .and_then(|()| conn.check_encoded(result, false));
+        let msgid = self.msgid;
+        match checked {
+            Ok(()) => {
+                conn.respond(|out| codec::encode_response_encoded(out, msgid, error, result));
+                Ok(())
+            }
+            Err(e) => {
+                let obj = Error::error_object(ERROR_CODE_EXCEPTION, e.to_string());
+                conn.respond(|out| codec::encode_response(out, msgid, &obj, &Value::Nil));
+                Err(e)
+            }
+        }
+    }
+
     /// Answers with a handler's result: `Err(e)` becomes `e.to_error_object()`.
     pub fn respond(self, result: Result<Value, Error>) {
         match result {
@@ -244,7 +283,8 @@ impl Responder {
 
     fn send(&mut self, error: &Value, result: &Value) {
         if let Some(conn) = self.conn.take() {
-            conn.respond(self.msgid, error, result);
+            let msgid = self.msgid;
+            conn.respond(|out| codec::encode_response(out, msgid, error, result));
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec::Params;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::pending::CallSlot;
@@ -77,6 +78,28 @@ impl Peer {
         params: &[Value],
         timeout: Option<Duration>,
     ) -> Result<Value> {
+        self.call_params(method, Params::Values(params), timeout)
+    }
+
+    /// Calls `method` with params already encoded as one MessagePack array
+    /// (checked, then sent as is): for front ends that encode from their own
+    /// objects. Fails with [`Error::Usage`] on invalid bytes.
+    pub fn call_encoded(
+        &self,
+        method: &str,
+        params: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        self.conn.check_encoded(params, true)?;
+        self.call_params(method, Params::Encoded(params), timeout)
+    }
+
+    fn call_params(
+        &self,
+        method: &str,
+        params: Params<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
         self.conn.check_usable(true)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let (msgid, slot) = self.conn.start_call(method, params, deadline)?;
@@ -89,6 +112,26 @@ impl Peer {
         &self,
         method: &str,
         params: &[Value],
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall> {
+        self.call_async_params(method, Params::Values(params), timeout)
+    }
+
+    /// [`Peer::call_async`] with params already encoded (see [`Peer::call_encoded`]).
+    pub fn call_async_encoded(
+        &self,
+        method: &str,
+        params: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall> {
+        self.conn.check_encoded(params, true)?;
+        self.call_async_params(method, Params::Encoded(params), timeout)
+    }
+
+    fn call_async_params(
+        &self,
+        method: &str,
+        params: Params<'_>,
         timeout: Option<Duration>,
     ) -> Result<PendingCall> {
         self.conn.check_usable(false)?;
@@ -106,7 +149,14 @@ impl Peer {
     /// Sends a notification (no reply).
     pub fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
         self.conn.check_usable(false)?;
-        self.conn.notify(method, params)
+        self.conn.notify(method, Params::Values(params))
+    }
+
+    /// [`Peer::notify`] with params already encoded (see [`Peer::call_encoded`]).
+    pub fn notify_encoded(&self, method: &str, params: &[u8]) -> Result<()> {
+        self.conn.check_usable(false)?;
+        self.conn.check_encoded(params, true)?;
+        self.conn.notify(method, Params::Encoded(params))
     }
 
     /// Closes the connection; pending calls fail with [`Error::Closed`].

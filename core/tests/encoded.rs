@@ -1,0 +1,98 @@
+//! Params, results and errors passed as caller-encoded MessagePack bytes
+//! (the path the C and Python front ends take).
+
+mod common;
+
+use common::{calc_router, code_message, start_tcp, CALL};
+use foorpc::{Client, Error, Execution, Value};
+
+fn encoded(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    foorpc::codec::encode_value(&mut out, v);
+    out
+}
+
+#[test]
+fn encoded_params_reach_the_handler_as_values() {
+    let server = start_tcp(calc_router());
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let params = encoded(&Value::Array(vec![40.into(), 2.into()]));
+    assert_eq!(
+        client.call_encoded("add", &params, CALL).unwrap(),
+        Value::from(42)
+    );
+    let pending = client.call_async_encoded("add", &params, CALL).unwrap();
+    assert_eq!(pending.wait().unwrap(), Value::from(42));
+    client
+        .notify_encoded("log", &encoded(&Value::Array(vec![])))
+        .unwrap();
+    assert_eq!(
+        client.call_encoded("add", &params, CALL).unwrap(),
+        Value::from(42)
+    );
+}
+
+#[test]
+fn invalid_encoded_params_are_refused_before_sending() {
+    let server = start_tcp(calc_router());
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let not_array = encoded(&Value::from(1));
+    let truncated = &encoded(&Value::Array(vec![Value::from("abc")]))[..3];
+    let trailing = [0x90, 0x01];
+    for bad in [&not_array[..], truncated, &trailing[..], &[][..]] {
+        assert!(
+            matches!(client.call_encoded("add", bad, CALL), Err(Error::Usage(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            client.notify_encoded("x", bad),
+            Err(Error::Usage(_))
+        ));
+    }
+    // Nothing reached the wire: the connection is still in step.
+    let ok = encoded(&Value::Array(vec![1.into(), 2.into()]));
+    assert_eq!(
+        client.call_encoded("add", &ok, CALL).unwrap(),
+        Value::from(3)
+    );
+}
+
+#[test]
+fn responder_sends_encoded_results_and_errors() {
+    let mut router = calc_router();
+    router.register("raw_ok", Execution::Inline, |req| {
+        let bytes = encoded(&Value::Map(vec![(1.into(), Value::F32(1.5))]));
+        req.responder.ok_encoded(&bytes).unwrap();
+    });
+    router.register("raw_err", Execution::Inline, |req| {
+        let bytes = encoded(&Value::from("plain string error"));
+        req.responder.error_encoded(&bytes).unwrap();
+    });
+    router.register("raw_bad", Execution::Inline, |req| {
+        assert!(matches!(
+            req.responder.ok_encoded(&[0x92, 0x01]),
+            Err(Error::Usage(_))
+        ));
+    });
+    router.register("raw_nil_err", Execution::Inline, |req| {
+        assert!(req.responder.error_encoded(&[0xc0]).is_err());
+    });
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    assert_eq!(
+        client.call_value("raw_ok", &[], CALL).unwrap(),
+        Value::Map(vec![(1.into(), Value::F32(1.5))])
+    );
+    match client.call_value("raw_err", &[], CALL) {
+        Err(Error::Remote(e)) => assert_eq!(e, Value::from("plain string error")),
+        other => panic!("{other:?}"),
+    }
+    // Invalid bytes still answer the request, with an error.
+    let e = client.call_value("raw_bad", &[], CALL).unwrap_err();
+    assert!(code_message(&e).1.contains("invalid MessagePack"), "{e:?}");
+    assert!(matches!(
+        client.call_value("raw_nil_err", &[], CALL),
+        Err(Error::Remote(_))
+    ));
+    assert_eq!(client.call::<i64>("add", (1, 1)).unwrap(), 2);
+}
