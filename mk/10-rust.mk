@@ -1,7 +1,7 @@
 # Rust: the core crate, its examples and tests.
-.PHONY: build-rust test-rust lint-rust
+.PHONY: build-rust test-rust test-rust-peers
 build: build-rust
-TEST_TARGETS += test-rust
+TEST_TARGETS += test-rust test-rust-peers
 
 build-rust:
 	$(CARGO) build --release -p foorpc --examples
@@ -10,3 +10,7 @@ test-rust:
 	$(CARGO) test --release -p foorpc
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release -p foorpc --all-targets -- -D warnings
+
+## Clients foorpc did not write (msgpack package, pynvim) call the Rust calc_server.
+test-rust-peers: build-rust venv
+	tests/peers/check_calc_server.sh $(VPY) target/release/examples/calc_server
