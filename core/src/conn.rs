@@ -560,7 +560,8 @@ impl Conn {
     fn dispatch_request(self: &Arc<Self>, msgid: u32, method: String, params: Vec<Value>) {
         let refuse = |msg: String| {
             let obj = Error::error_object(crate::error::ERROR_CODE_EXCEPTION, msg);
-            let _ = self.send(None, |out| {
+            let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+            let _ = self.send(deadline, |out| {
                 codec::encode_response(out, msgid, &obj, &Value::Nil)
             });
         };
