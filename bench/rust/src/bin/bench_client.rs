@@ -4,12 +4,16 @@
 //! - `seq N`: N sequential `add(1, 2)` calls; prints `seq_p50_ns`, `seq_p99_ns`;
 //! - `pipe N WINDOW`: N `add(1, 2)` calls with WINDOW in flight on one
 //!   connection (call_async + wait, sliding window); prints `pipe_calls_per_s`;
+//! - `pipecb N WINDOW`: the same, each completion callback sending the next
+//!   call (call_async + on_complete); prints `pipe_calls_per_s`;
 //! - `echo N BYTES`: N sequential `echo(bin)` calls; prints `echo_mib_per_s`
 //!   (payload MiB carried one way per second).
 //!
 //! Each command first runs a short warm-up that is not measured.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use foorpc::{Client, Value};
@@ -72,6 +76,27 @@ fn main() {
             let secs = t.elapsed().as_secs_f64();
             println!("pipe_calls_per_s {:.0}", n as f64 / secs);
         }
+        "pipecb" => {
+            let window = extra.max(1);
+            let run = |count: usize| {
+                let (tx, rx) = mpsc::channel();
+                let st = Arc::new(Callbacks {
+                    issued: AtomicUsize::new(0),
+                    done: AtomicUsize::new(0),
+                    count,
+                    finished: Mutex::new(Some(tx)),
+                });
+                for _ in 0..window {
+                    issue(&client, &st);
+                }
+                rx.recv().expect("all calls done");
+            };
+            run((n / 10).max(window * 4));
+            let t = Instant::now();
+            run(n);
+            let secs = t.elapsed().as_secs_f64();
+            println!("pipe_calls_per_s {:.0}", n as f64 / secs);
+        }
         "echo" => {
             let payload = Value::Binary(vec![0xab; extra.max(1)]);
             let params = [payload];
@@ -97,4 +122,33 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Shared by the completion callbacks of `pipecb`.
+struct Callbacks {
+    issued: AtomicUsize,
+    done: AtomicUsize,
+    count: usize,
+    finished: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// Sends one more `add(1, 2)` unless `count` are sent; its callback (on
+/// foorpc's I/O thread) sends the next, so the window stays full.
+fn issue(client: &Client, st: &Arc<Callbacks>) {
+    if st.issued.fetch_add(1, Ordering::Relaxed) >= st.count {
+        return;
+    }
+    let pending = client
+        .call_async("add", &[Value::from(1), Value::from(2)], None)
+        .expect("send");
+    let (client, st) = (client.clone(), st.clone());
+    pending.on_complete(move |r| {
+        r.expect("add");
+        if st.done.fetch_add(1, Ordering::Relaxed) + 1 == st.count {
+            if let Some(tx) = st.finished.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+        issue(&client, &st);
+    });
 }
