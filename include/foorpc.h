@@ -494,11 +494,12 @@ foorpc_result foorpc_client_connect_with(const char *address,
  * foorpc_buf_free; on any other code `*result_out` is not written.
  * `result_out` may be NULL to discard the result.
  *
- * Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array),
- * FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_CLOSED,
- * FOORPC_RESULT_USAGE (called from a callback or an inline handler on
- * foorpc's I/O thread). Thread-safe; blocks the calling thread until the
- * reply or the timeout.
+ * Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
+ * or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep;
+ * nothing is sent), FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+ * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from a callback or an
+ * inline handler on foorpc's I/O thread). Thread-safe; blocks the calling
+ * thread until the reply or the timeout.
  */
 foorpc_result foorpc_client_call(const struct foorpc_client *client,
                                  const char *method,
@@ -1033,8 +1034,9 @@ foorpc_result foorpc_responder_peer(const struct foorpc_responder *responder,
  * Answers the request with a result: `result`/`result_len` is the MessagePack
  * encoding of one value (copied; an empty input answers nil). Frees the
  * responder in every case (except when it is NULL): if the bytes are not
- * exactly one valid value, the caller gets an error reply and this returns
- * FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
+ * exactly one valid value (or exceed the connection's limits: 64 MiB,
+ * arrays/maps nested 128 deep), the caller gets an error reply and this
+ * returns FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
  */
 foorpc_result foorpc_responder_ok(struct foorpc_responder *responder,
                                   const uint8_t *result,

@@ -68,7 +68,8 @@ impl Params<'_> {
 
 /// Checks that `bytes` is exactly one complete MessagePack value within
 /// `limits` (and an array when `array` is set), so that it can be put on
-/// the wire as is.
+/// the wire as is. Depth counts as the receiver will count it: inside the
+/// message's own array.
 pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), DecodeError> {
     let invalid = |reason: &str| DecodeError::Invalid {
         msgid: None,
@@ -77,7 +78,12 @@ pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), D
     if array && !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
         return Err(invalid("params must be one MessagePack array"));
     }
-    let mut scanner = Decoder::new(limits);
+    // The value travels inside the message array: one level less is left.
+    let inner = Limits {
+        max_depth: limits.max_depth.saturating_sub(1),
+        ..limits.clone()
+    };
+    let mut scanner = Decoder::new(&inner);
     match scanner.scan(bytes)? {
         Some(n) if n == bytes.len() => Ok(()),
         Some(_) => Err(invalid("bytes follow the MessagePack value")),

@@ -96,3 +96,25 @@ fn responder_sends_encoded_results_and_errors() {
     ));
     assert_eq!(client.call::<i64>("add", (1, 1)).unwrap(), 2);
 }
+
+#[test]
+fn encoded_depth_counts_the_message_envelope() {
+    let server = start_tcp(calc_router());
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let nested = |depth: usize| {
+        let mut v = Value::Array(vec![]);
+        for _ in 1..depth {
+            v = Value::Array(vec![v]);
+        }
+        encoded(&v)
+    };
+    let max = foorpc::Limits::default().max_depth;
+    // The params array sits at level 2 of the message: max - 1 levels fit.
+    let fits = nested(max - 1);
+    assert!(client.call_encoded("echo", &fits, CALL).is_ok());
+    assert!(matches!(
+        client.call_encoded("echo", &nested(max), CALL),
+        Err(Error::Usage(_))
+    ));
+    assert!(client.call_encoded("echo", &fits, CALL).is_ok());
+}

@@ -212,11 +212,12 @@ pub extern "C" fn foorpc_client_connect_with(
 /// foorpc_buf_free; on any other code `*result_out` is not written.
 /// `result_out` may be NULL to discard the result.
 ///
-/// Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array),
-/// FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_CLOSED,
-/// FOORPC_RESULT_USAGE (called from a callback or an inline handler on
-/// foorpc's I/O thread). Thread-safe; blocks the calling thread until the
-/// reply or the timeout.
+/// Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
+/// or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep;
+/// nothing is sent), FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+/// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from a callback or an
+/// inline handler on foorpc's I/O thread). Thread-safe; blocks the calling
+/// thread until the reply or the timeout.
 #[no_mangle]
 pub extern "C" fn foorpc_client_call(
     client: *const foorpc_client,

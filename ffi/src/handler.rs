@@ -131,11 +131,8 @@ fn deliver(
     params: Vec<Value>,
     f: impl FnOnce(*const c_char, usize, *const u8, usize),
 ) {
-    let mut bytes = Vec::with_capacity(method.len() + 16);
-    bytes.extend_from_slice(method.as_bytes());
-    bytes.push(0);
-    let at = bytes.len();
-    foorpc::codec::encode_value(&mut bytes, &Value::Array(params));
+    let bytes = crate::buf::encode_after(&[method.as_bytes(), b"\0"], &Value::Array(params));
+    let at = method.len() + 1;
     let call = || {
         f(
             bytes.as_ptr().cast(),

@@ -5,11 +5,11 @@
 use std::os::raw::{c_char, c_void};
 use std::time::Duration;
 
-use foorpc::{Error, Peer, Value};
+use foorpc::codec::{check_encoded, DecodeError};
+use foorpc::{Error, Limits, Peer, Value};
 
 use crate::buf::{self, foorpc_buf};
-use crate::error::{code_of, fail_with, foorpc_result, set_last_error};
-use crate::msgpack::decode_params;
+use crate::error::{code_of, fail, fail_with, foorpc_result, set_last_error};
 
 /// One connection (of a server, or a client's), as handlers see it: call
 /// and notify the other side through it, identify it, close it.
@@ -76,6 +76,34 @@ pub(crate) fn timeout(ms: u32, default: Duration) -> Duration {
     }
 }
 
+/// The params of a call as given by C, checked and ready to send as is: one
+/// MessagePack array within the connection's limits (an empty input means
+/// no params). Anything else is FOORPC_RESULT_INVALID_MSGPACK.
+///
+/// The core's `*_encoded` calls check the bytes again, but report a failure
+/// as `Error::Usage`, which they also use for a call that is not allowed
+/// here; checking first keeps the two apart (the scan reads item headers
+/// only and does not allocate per item). C connections always have the
+/// default limits: the C API cannot set others.
+pub(crate) fn checked_params(bytes: &[u8]) -> Result<&[u8], foorpc_result> {
+    if bytes.is_empty() {
+        return Ok(&[0x90]);
+    }
+    match check_encoded(bytes, &Limits::default(), true) {
+        Ok(()) => Ok(bytes),
+        Err(e) => {
+            let why = match e {
+                DecodeError::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Err(fail(
+                foorpc_result::InvalidMsgpack,
+                format!("params are not one valid MessagePack array: {why}"),
+            ))
+        }
+    }
+}
+
 /// The body of foorpc_client_call and foorpc_peer_call.
 pub(crate) fn call(
     peer: &Peer,
@@ -86,9 +114,9 @@ pub(crate) fn call(
     result_out: *mut *mut foorpc_buf,
 ) -> foorpc_result {
     let method = try_cstr!(method);
-    let params = try_ok!(decode_params(try_slice!(params, params_len)));
+    let params = try_ok!(checked_params(try_slice!(params, params_len)));
     let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
-    match peer.call_value(method, &params, Some(t)) {
+    match peer.call_encoded(method, params, Some(t)) {
         Ok(v) => {
             buf::put(result_out, &v);
             foorpc_result::Ok
@@ -114,14 +142,10 @@ fn deliver(cb: CallbackFn, userdata: SendPtr, outcome: foorpc::Result<Value>) {
             }
         }
     };
-    let mut out = Vec::new();
-    if let Some(v) = bytes {
-        foorpc::codec::encode_value(&mut out, v);
-    }
-    let (ptr, len) = if bytes.is_some() {
-        (out.as_ptr(), out.len())
-    } else {
-        (std::ptr::null(), 0)
+    let out = bytes.map(buf::encode);
+    let (ptr, len) = match &out {
+        Some(b) => (b.as_ptr(), b.len()),
+        None => (std::ptr::null(), 0),
     };
     // SAFETY: a C function pointer given by the caller, with its userdata.
     unsafe { cb(userdata.get(), code, ptr, len) };
@@ -141,10 +165,10 @@ pub(crate) fn call_async(
     let Some(cb) = callback else {
         return crate::error::null_parameter("callback");
     };
-    let params = try_ok!(decode_params(try_slice!(params, params_len)));
+    let params = try_ok!(checked_params(try_slice!(params, params_len)));
     let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
     let userdata = SendPtr(userdata);
-    match peer.call_async(method, &params, Some(t)) {
+    match peer.call_async_encoded(method, params, Some(t)) {
         Ok(pending) => {
             pending.on_complete(move |outcome| {
                 // A panic must not unwind into the I/O thread's C caller chain.
@@ -166,8 +190,8 @@ pub(crate) fn notify(
     params_len: usize,
 ) -> foorpc_result {
     let method = try_cstr!(method);
-    let params = try_ok!(decode_params(try_slice!(params, params_len)));
-    match peer.notify(method, &params) {
+    let params = try_ok!(checked_params(try_slice!(params, params_len)));
+    match peer.notify_encoded(method, params) {
         Ok(()) => foorpc_result::Ok,
         Err(e) => fail_with(&e),
     }

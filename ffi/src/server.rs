@@ -17,7 +17,6 @@ use crate::handler::{
     foorpc_handler_callback, foorpc_notification_callback, in_inline_handler, register, Handlers,
     Registration,
 };
-use crate::msgpack::decode_one;
 use crate::peer::foorpc_peer;
 
 /// A MessagePack-RPC server with C handlers.
@@ -476,6 +475,26 @@ fn take_responder(responder: *mut foorpc_responder) -> Option<Responder> {
     Some(unsafe { Box::from_raw(responder) }.inner)
 }
 
+/// The code for the outcome of `Responder::ok_encoded` / `error_encoded`,
+/// which answer in every case: their only failure is bytes that are not
+/// one valid MessagePack value within the connection's limits (the caller
+/// then got an error reply instead).
+fn answered(outcome: Result<(), Error>, what: &str) -> foorpc_result {
+    match outcome {
+        Ok(()) => foorpc_result::Ok,
+        Err(e) => {
+            let why = match e {
+                Error::Usage(m) => m,
+                other => other.to_string(),
+            };
+            fail(
+                foorpc_result::InvalidMsgpack,
+                format!("{what} was not sent (the caller got an error reply): {why}"),
+            )
+        }
+    }
+}
+
 /// The connection the request came on: on success `*peer_out` receives a
 /// new handle to it, which the caller owns and must free with
 /// foorpc_peer_free (it may outlive the responder). Use it to call the
@@ -499,8 +518,9 @@ pub extern "C" fn foorpc_responder_peer(
 /// Answers the request with a result: `result`/`result_len` is the MessagePack
 /// encoding of one value (copied; an empty input answers nil). Frees the
 /// responder in every case (except when it is NULL): if the bytes are not
-/// exactly one valid value, the caller gets an error reply and this returns
-/// FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
+/// exactly one valid value (or exceed the connection's limits: 64 MiB,
+/// arrays/maps nested 128 deep), the caller gets an error reply and this
+/// returns FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
 #[no_mangle]
 pub extern "C" fn foorpc_responder_ok(
     responder: *mut foorpc_responder,
@@ -516,19 +536,7 @@ pub extern "C" fn foorpc_responder_ok(
             r.ok(Value::Nil);
             return foorpc_result::Ok;
         }
-        match decode_one(bytes, "the handler's result") {
-            Ok(v) => {
-                r.ok(v);
-                foorpc_result::Ok
-            }
-            Err(code) => {
-                r.error(Error::error_object(
-                    foorpc::ERROR_CODE_EXCEPTION,
-                    "the handler's result is not valid MessagePack",
-                ));
-                code
-            }
-        }
+        answered(r.ok_encoded(bytes), "the handler's result")
     }
 }
 
@@ -549,23 +557,11 @@ pub extern "C" fn foorpc_responder_error(
             return crate::error::null_parameter("responder");
         };
         let bytes = try_slice!(error, error_len);
-        if bytes.is_empty() {
+        if bytes.is_empty() || bytes == [0xc0] {
             r.error(Value::Nil);
             return foorpc_result::Ok;
         }
-        match decode_one(bytes, "the handler's error object") {
-            Ok(v) => {
-                r.error(v);
-                foorpc_result::Ok
-            }
-            Err(code) => {
-                r.error(Error::error_object(
-                    foorpc::ERROR_CODE_EXCEPTION,
-                    "the handler's error object is not valid MessagePack",
-                ));
-                code
-            }
-        }
+        answered(r.error_encoded(bytes), "the handler's error object")
     }
 }
 
