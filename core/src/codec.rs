@@ -401,6 +401,17 @@ impl Decoder {
     /// call again with the whole buffer from the same start. A partial
     /// message is never consumed. After an `Err` the stream is unusable.
     pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
+        self.decode_with(buf, &|_| false)
+    }
+
+    /// [`Decoder::decode`], except that the result of a response whose msgid
+    /// `raw_result` picks is not decoded: it comes as `Value::Binary` holding
+    /// its MessagePack bytes (for callers that want the bytes, not a `Value`).
+    pub(crate) fn decode_with(
+        &mut self,
+        buf: &[u8],
+        raw_result: &dyn Fn(u32) -> bool,
+    ) -> Result<Option<(Message, usize)>, DecodeError> {
         if buf.len() < self.need {
             return Ok(None);
         }
@@ -408,7 +419,7 @@ impl Decoder {
             return Ok(None);
         };
         self.reset();
-        let msg = parse_message(&buf[..end])?;
+        let msg = parse_message(&buf[..end], raw_result)?;
         Ok(Some((msg, end)))
     }
 
@@ -750,7 +761,7 @@ fn msgid_of(v: &Value) -> Option<u32> {
 
 /// Validates one complete, well-formed object as a MessagePack-RPC message,
 /// building the envelope directly (no `Value` for the outer array).
-fn parse_message(buf: &[u8]) -> Result<Message, DecodeError> {
+fn parse_message(buf: &[u8], raw_result: &dyn Fn(u32) -> bool) -> Result<Message, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let Some(len) = r.array_len()? else {
         let v = r.value()?;
@@ -819,7 +830,12 @@ fn parse_message(buf: &[u8]) -> Result<Message, DecodeError> {
                 ));
             };
             let error = r.value()?;
-            let result = r.value()?;
+            let result = if raw_result(msgid) {
+                // The result is the message's last element: the rest of it.
+                Value::Binary(buf[r.pos..].to_vec())
+            } else {
+                r.value()?
+            };
             Ok(Message::Response {
                 msgid,
                 error,

@@ -101,6 +101,9 @@ pub(crate) struct Conn {
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
     deadlines_watched: AtomicBool,
+    /// Calls in flight that want their result encoded; while 0, replies are
+    /// decoded without looking their calls up.
+    raw_calls: AtomicUsize,
     /// Caller-driven with a blocking socket: a leader waits inside `recv`.
     blocking_reads: AtomicBool,
     /// The socket's receive timeout now, in microseconds (u64::MAX: unset).
@@ -147,6 +150,7 @@ impl Conn {
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             deadlines_watched: AtomicBool::new(false),
+            raw_calls: AtomicUsize::new(0),
             blocking_reads: AtomicBool::new(false),
             recv_timeout_us: AtomicU64::new(u64::MAX),
             reactor_wakes_at: AtomicU64::new(u64::MAX),
@@ -412,6 +416,9 @@ impl Conn {
         if self.is_closed() {
             return ReadStatus::Closed(self.closed_error());
         }
+        let raw_result = |msgid: u32| {
+            self.raw_calls.load(Ordering::Acquire) > 0 && lock(&self.pending).wants_raw(msgid)
+        };
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             loop {
@@ -463,14 +470,14 @@ impl Conn {
                     Ok(())
                 } else if rs.partial.is_empty() {
                     // Common case: whole messages straight from the scratch buffer.
-                    decode_all(&mut rs.decoder, &scratch[..n], out).map(|used| {
+                    decode_all(&mut rs.decoder, &scratch[..n], out, &raw_result).map(|used| {
                         rs.partial.extend_from_slice(&scratch[used..n]);
                     })
                 } else {
                     if !direct {
                         rs.partial.extend_from_slice(&scratch[..n]);
                     }
-                    decode_all(&mut rs.decoder, &rs.partial, out).map(|used| {
+                    decode_all(&mut rs.decoder, &rs.partial, out, &raw_result).map(|used| {
                         rs.partial.drain(..used);
                         if rs.partial.is_empty() && rs.partial.capacity() > KEEP_CAPACITY {
                             rs.partial = Vec::new();
@@ -607,8 +614,9 @@ impl Conn {
         method: &str,
         params: Params<'_>,
         deadline: Option<Instant>,
+        raw_result: bool,
     ) -> Result<(u32, Arc<CallSlot>)> {
-        let slot = CallSlot::new(deadline);
+        let slot = CallSlot::new(deadline, raw_result);
         let msgid = lock(&self.pending).insert(slot.clone())?;
         if deadline.is_some() && self.deadlines_watched.load(Ordering::Acquire) {
             let at = as_nanos(deadline);
@@ -632,6 +640,14 @@ impl Conn {
         self.send(deadline, |out| {
             codec::encode_notification_params(out, method, params)
         })
+    }
+
+    /// Runs `call` counted as a call that wants its result encoded.
+    pub(crate) fn with_raw_result<T>(&self, call: impl FnOnce() -> T) -> T {
+        self.raw_calls.fetch_add(1, Ordering::AcqRel);
+        let out = call();
+        self.raw_calls.fetch_sub(1, Ordering::AcqRel);
+        out
     }
 
     /// Checks caller-encoded bytes against this connection's limits.
@@ -823,10 +839,11 @@ fn decode_all(
     dec: &mut Decoder,
     data: &[u8],
     out: &mut Vec<Message>,
+    raw_result: &dyn Fn(u32) -> bool,
 ) -> Result<usize, DecodeError> {
     let mut used = 0;
     while used < data.len() {
-        match dec.decode(&data[used..])? {
+        match dec.decode_with(&data[used..], raw_result)? {
             Some((msg, n)) => {
                 out.push(msg);
                 used += n;

@@ -78,20 +78,33 @@ impl Peer {
         params: &[Value],
         timeout: Option<Duration>,
     ) -> Result<Value> {
-        self.call_params(method, Params::Values(params), timeout)
+        self.call_params(method, Params::Values(params), timeout, false)
     }
 
     /// Calls `method` with params already encoded as one MessagePack array
-    /// (checked, then sent as is): for front ends that encode from their own
-    /// objects. Fails with [`Error::Usage`] on invalid bytes.
+    /// (checked, then sent as is) and returns the result's MessagePack bytes:
+    /// no `Value` is built either way, for front ends that convert from and
+    /// to their own objects. Fails with [`Error::Usage`] on invalid params;
+    /// a remote error still comes as [`Error::Remote`].
     pub fn call_encoded(
         &self,
         method: &str,
         params: &[u8],
         timeout: Option<Duration>,
-    ) -> Result<Value> {
+    ) -> Result<Vec<u8>> {
         self.conn.check_encoded(params, true)?;
-        self.call_params(method, Params::Encoded(params), timeout)
+        let result = self
+            .conn
+            .with_raw_result(|| self.call_params(method, Params::Encoded(params), timeout, true))?;
+        match result {
+            Value::Binary(bytes) => Ok(bytes),
+            // Not reachable: the reader hands raw results over as bin.
+            other => {
+                let mut bytes = Vec::new();
+                crate::codec::encode_value(&mut bytes, &other);
+                Ok(bytes)
+            }
+        }
     }
 
     fn call_params(
@@ -99,10 +112,11 @@ impl Peer {
         method: &str,
         params: Params<'_>,
         timeout: Option<Duration>,
+        raw_result: bool,
     ) -> Result<Value> {
         self.conn.check_usable(true)?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (msgid, slot) = self.conn.start_call(method, params, deadline)?;
+        let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
         self.conn.wait_reply(msgid, &slot, deadline)
     }
 
@@ -136,7 +150,7 @@ impl Peer {
     ) -> Result<PendingCall> {
         self.conn.check_usable(false)?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (msgid, slot) = self.conn.start_call(method, params, deadline)?;
+        let (msgid, slot) = self.conn.start_call(method, params, deadline, false)?;
         Ok(PendingCall {
             conn: self.conn.clone(),
             slot,

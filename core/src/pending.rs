@@ -39,6 +39,8 @@ pub(crate) struct CallSlot {
     cv: Condvar,
     /// When the call times out, if it does.
     deadline: Option<Instant>,
+    /// The caller wants the result's MessagePack bytes (as `Value::Binary`).
+    raw: bool,
 }
 
 /// Why [`CallSlot::wait`] returned.
@@ -57,9 +59,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CallSlot {
-    pub(crate) fn new(deadline: Option<Instant>) -> Arc<CallSlot> {
+    /// A slot for a call timing out at `deadline`; its result arrives
+    /// encoded (as `Value::Binary`) when `raw` is set.
+    pub(crate) fn new(deadline: Option<Instant>, raw: bool) -> Arc<CallSlot> {
         Arc::new(CallSlot {
             deadline,
+            raw,
             state: Mutex::new(SlotState {
                 outcome: Outcome::Waiting,
                 thread_waiting: false,
@@ -247,6 +252,11 @@ impl Pending {
         Some(slot)
     }
 
+    /// True when the call `msgid` wants its result encoded.
+    pub(crate) fn wants_raw(&self, msgid: u32) -> bool {
+        self.calls.get(&msgid).is_some_and(|s| s.raw)
+    }
+
     /// The earliest deadline of a call in flight.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|&(d, _)| d)
@@ -307,27 +317,27 @@ mod tests {
     fn ids_wrap_and_skip_live_ones() {
         let mut p = Pending::new(10);
         p.set_next_id(u32::MAX);
-        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), u32::MAX);
-        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 0);
-        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 1);
+        assert_eq!(p.insert(CallSlot::new(None, false)).unwrap(), u32::MAX);
+        assert_eq!(p.insert(CallSlot::new(None, false)).unwrap(), 0);
+        assert_eq!(p.insert(CallSlot::new(None, false)).unwrap(), 1);
         p.set_next_id(u32::MAX);
-        assert_eq!(p.insert(CallSlot::new(None)).unwrap(), 2);
+        assert_eq!(p.insert(CallSlot::new(None, false)).unwrap(), 2);
     }
 
     #[test]
     fn limit_and_close() {
         let mut p = Pending::new(2);
-        let a = CallSlot::new(None);
+        let a = CallSlot::new(None, false);
         p.insert(a.clone()).unwrap();
-        p.insert(CallSlot::new(None)).unwrap();
+        p.insert(CallSlot::new(None, false)).unwrap();
         assert!(matches!(
-            p.insert(CallSlot::new(None)),
+            p.insert(CallSlot::new(None, false)),
             Err(Error::LimitExceeded(_))
         ));
         let all = p.close(Error::ConnectionLost("gone".into()));
         assert_eq!(all.len(), 2);
         assert!(matches!(
-            p.insert(CallSlot::new(None)),
+            p.insert(CallSlot::new(None, false)),
             Err(Error::ConnectionLost(_))
         ));
     }
@@ -337,10 +347,10 @@ mod tests {
         let mut p = Pending::new(10);
         let t0 = Instant::now();
         let ms = std::time::Duration::from_millis;
-        let late = p.insert(CallSlot::new(Some(t0 + ms(30)))).unwrap();
-        let early = p.insert(CallSlot::new(Some(t0 + ms(10)))).unwrap();
-        let gone = p.insert(CallSlot::new(Some(t0 + ms(20)))).unwrap();
-        p.insert(CallSlot::new(None)).unwrap();
+        let late = p.insert(CallSlot::new(Some(t0 + ms(30)), false)).unwrap();
+        let early = p.insert(CallSlot::new(Some(t0 + ms(10)), false)).unwrap();
+        let gone = p.insert(CallSlot::new(Some(t0 + ms(20)), false)).unwrap();
+        p.insert(CallSlot::new(None, false)).unwrap();
         assert_eq!(p.next_deadline(), Some(t0 + ms(10)));
         p.take(gone).unwrap();
         assert_eq!(p.take_expired(t0 + ms(25)).len(), 1);
@@ -353,13 +363,13 @@ mod tests {
 
     #[test]
     fn complete_once_and_callback() {
-        let s = CallSlot::new(None);
+        let s = CallSlot::new(None, false);
         s.complete(Ok(Value::from(1)));
         s.complete(Ok(Value::from(2)));
         assert_eq!(s.try_take().unwrap().unwrap(), Value::from(1));
         assert!(s.try_take().is_none());
 
-        let s = CallSlot::new(None);
+        let s = CallSlot::new(None, false);
         let (tx, rx) = std::sync::mpsc::channel();
         s.set_callback(Box::new(move |r| tx.send(r.unwrap()).unwrap()));
         s.complete(Ok(Value::from(7)));

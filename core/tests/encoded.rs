@@ -19,17 +19,26 @@ fn encoded_params_reach_the_handler_as_values() {
     let params = encoded(&Value::Array(vec![40.into(), 2.into()]));
     assert_eq!(
         client.call_encoded("add", &params, CALL).unwrap(),
-        Value::from(42)
+        encoded(&Value::from(42))
     );
     let pending = client.call_async_encoded("add", &params, CALL).unwrap();
     assert_eq!(pending.wait().unwrap(), Value::from(42));
     client
         .notify_encoded("log", &encoded(&Value::Array(vec![])))
         .unwrap();
+    // Results come back as the exact bytes the server sent, types included.
+    let echo = Value::Array(vec![Value::F32(-0.0), Value::Binary(vec![1; 70_000])]);
+    let params = encoded(&Value::Array(vec![echo.clone()]));
     assert_eq!(
-        client.call_encoded("add", &params, CALL).unwrap(),
-        Value::from(42)
+        client.call_encoded("echo", &params, CALL).unwrap(),
+        encoded(&echo)
     );
+    // A remote error is still an error; value calls on the connection still decode.
+    assert!(matches!(
+        client.call_encoded("nope", &encoded(&Value::Array(vec![])), CALL),
+        Err(Error::Remote(_))
+    ));
+    assert_eq!(client.call::<i64>("add", (2, 3)).unwrap(), 5);
 }
 
 #[test]
@@ -51,10 +60,7 @@ fn invalid_encoded_params_are_refused_before_sending() {
     }
     // Nothing reached the wire: the connection is still in step.
     let ok = encoded(&Value::Array(vec![1.into(), 2.into()]));
-    assert_eq!(
-        client.call_encoded("add", &ok, CALL).unwrap(),
-        Value::from(3)
-    );
+    assert_eq!(client.call_encoded("add", &ok, CALL).unwrap(), [3]);
 }
 
 #[test]

@@ -55,6 +55,14 @@ pub extern "C" fn foorpc_buf_free(buf: *mut foorpc_buf) {
 }
 
 /// Stores a new buffer into `*out`.
+pub(crate) fn put_bytes(out: *mut *mut foorpc_buf, bytes: Vec<u8>) {
+    if !out.is_null() {
+        // SAFETY: the caller's out-pointer, checked non-NULL.
+        unsafe { *out = foorpc_buf::into_raw(bytes) };
+    }
+}
+
+/// Writes a new buffer holding the encoding of `v` to `out` (if not NULL).
 pub(crate) fn put(out: *mut *mut foorpc_buf, v: &Value) {
     if !out.is_null() {
         // SAFETY: the caller's out-pointer, checked non-NULL.

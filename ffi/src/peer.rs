@@ -117,8 +117,9 @@ pub(crate) fn call(
     let params = try_ok!(checked_params(try_slice!(params, params_len)));
     let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
     match peer.call_encoded(method, params, Some(t)) {
-        Ok(v) => {
-            buf::put(result_out, &v);
+        Ok(bytes) => {
+            // The result's bytes as they came off the wire: no Value, no re-encoding.
+            buf::put_bytes(result_out, bytes);
             foorpc_result::Ok
         }
         Err(e) => {
