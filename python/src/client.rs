@@ -49,23 +49,26 @@ fn default_timeout_arg(t: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
-/// A blocking call: sends, then waits with the GIL released, in slices so
-/// that Ctrl-C (and other signal handlers) can interrupt it. Dropping the
-/// pending call on an exception cancels it.
+/// A blocking call of `method(*params)`: encodes the params, sends, then
+/// waits with the GIL released, in slices so that Ctrl-C (and other signal
+/// handlers) can interrupt it. Dropping the pending call on an exception
+/// cancels it.
 pub fn blocking_call(
     py: Python<'_>,
     peer: &foorpc::Peer,
     method: &str,
-    params: Vec<Value>,
+    params: &Bound<'_, PyTuple>,
     timeout: Option<Duration>,
 ) -> PyResult<Py<PyAny>> {
-    let (mut pending, mut outcome) = py
-        .detach(|| {
-            let mut pending = peer.call_async(method, &params, timeout)?;
+    let (mut pending, mut outcome) = convert::with_buffer(|buf| {
+        convert::encode_params(params, buf)?;
+        py.detach(|| {
+            let mut pending = peer.call_async_encoded(method, buf, timeout)?;
             let outcome = pending.wait_for(WAIT_SLICE);
             Ok::<_, foorpc::Error>((pending, outcome))
         })
-        .map_err(Error)?;
+        .map_err(|e| PyErr::from(Error(e)))
+    })?;
     loop {
         if let Some(r) = outcome {
             return match r {
@@ -76,6 +79,20 @@ pub fn blocking_call(
         py.check_signals()?;
         outcome = py.detach(|| pending.wait_for(WAIT_SLICE));
     }
+}
+
+/// Sends the notification `method(*params)`.
+fn notify(
+    py: Python<'_>,
+    peer: &foorpc::Peer,
+    method: &str,
+    params: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    convert::with_buffer(|buf| {
+        convert::encode_params(params, buf)?;
+        py.detach(|| peer.notify_encoded(method, buf))
+            .map_err(|e| PyErr::from(Error(e)))
+    })
 }
 
 struct AsyncHelpers {
@@ -167,20 +184,24 @@ impl Completions {
     }
 }
 
-/// Starts a call whose outcome resolves the asyncio `future` through
-/// `completions` (which belongs to the future's loop). Returns the msgid
-/// (for cancelling).
+/// Starts a call of `method(*params)` whose outcome resolves the asyncio
+/// `future` through `completions` (which belongs to the future's loop).
+/// Returns the msgid (for cancelling).
 pub fn future_call(
     py: Python<'_>,
     peer: &foorpc::Peer,
     completions: &Bound<'_, Completions>,
     future: Py<PyAny>,
     method: &str,
-    params: Vec<Value>,
+    params: &Bound<'_, PyTuple>,
     timeout: Option<Duration>,
 ) -> PyResult<u32> {
     async_helpers(py)?;
-    let pending = peer.call_async(method, &params, timeout).map_err(Error)?;
+    let pending = convert::with_buffer(|buf| {
+        convert::encode_params(params, buf)?;
+        peer.call_async_encoded(method, buf, timeout)
+            .map_err(|e| PyErr::from(Error(e)))
+    })?;
     let msgid = pending.msgid();
     let completions = completions.clone().unbind();
     pending.on_complete(move |outcome| Completions::push(&completions, (future, outcome)));
@@ -279,7 +300,6 @@ impl Client {
     ) -> PyResult<Py<PyAny>> {
         let peer = self.peer()?;
         let timeout = timeout_arg(timeout, self.default_timeout)?;
-        let params = convert::params(params)?;
         blocking_call(py, peer, &method, params, timeout)
     }
 
@@ -287,9 +307,7 @@ impl Client {
     #[pyo3(signature = (method, *params))]
     fn notify(&self, py: Python<'_>, method: String, params: &Bound<'_, PyTuple>) -> PyResult<()> {
         let peer = self.peer()?;
-        let params = convert::params(params)?;
-        py.detach(|| peer.notify(&method, &params)).map_err(Error)?;
-        Ok(())
+        notify(py, peer, &method, params)
     }
 
     /// Closes the connection; calls still waiting fail with ConnectionLostError.
@@ -337,7 +355,6 @@ impl Client {
     ) -> PyResult<u32> {
         let peer = self.peer()?;
         let timeout = timeout_arg(timeout, self.default_timeout)?;
-        let params = convert::params(params)?;
         future_call(py, peer, completions, future, &method, params, timeout)
     }
 
@@ -391,7 +408,6 @@ impl Peer {
     ) -> PyResult<Py<PyAny>> {
         let peer = self.peer()?;
         let timeout = timeout_arg(timeout, peer.default_timeout())?;
-        let params = convert::params(params)?;
         blocking_call(py, peer, &method, params, timeout)
     }
 
@@ -407,7 +423,6 @@ impl Peer {
     ) -> PyResult<Py<PyAny>> {
         let peer = self.peer()?;
         let timeout = timeout_arg(timeout, peer.default_timeout())?;
-        let params = convert::params(params)?;
         let h = async_helpers(py)?;
         let event_loop = h.get_running_loop.call0(py)?.into_bound(py);
         let fut = event_loop.call_method0("create_future")?;
@@ -437,9 +452,7 @@ impl Peer {
     #[pyo3(signature = (method, *params))]
     fn notify(&self, py: Python<'_>, method: String, params: &Bound<'_, PyTuple>) -> PyResult<()> {
         let peer = self.peer()?;
-        let params = convert::params(params)?;
-        py.detach(|| peer.notify(&method, &params)).map_err(Error)?;
-        Ok(())
+        notify(py, peer, &method, params)
     }
 
     /// A number that identifies the connection within this process.

@@ -1,11 +1,14 @@
-//! Python objects <-> MessagePack values (`foorpc::Value`).
+//! Python objects -> MessagePack bytes (encoded here, no `foorpc::Value` on
+//! the way out) and MessagePack values (`foorpc::Value`) -> Python objects.
 //!
 //! Exact built-in types are tried first (the common case), subclasses and
 //! the foorpc types (`Float32`, `ExtType`) after. Nesting is bounded by
 //! [`MAX_DEPTH`].
 
+use std::cell::Cell;
+
 use foorpc::Value;
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
@@ -38,82 +41,119 @@ fn types(py: Python<'_>) -> PyResult<&Types> {
     })
 }
 
-/// Converts the items of a tuple of arguments into a params array.
-pub fn params(args: &Bound<'_, PyTuple>) -> PyResult<Vec<Value>> {
-    args.iter().map(|a| to_value(&a, 0)).collect()
+/// Buffers bigger than this are freed after use instead of kept for the
+/// next call on the same thread.
+const KEEP_BUFFER: usize = 256 * 1024;
+
+thread_local! {
+    static BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// Converts a Python object into a MessagePack value.
-pub fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+/// Runs `f` with this thread's (empty) encoding buffer. The buffer is taken
+/// out of the thread-local while `f` runs, so a nested use (Python code run
+/// by `f` that calls again) just gets a fresh one.
+pub fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = BUFFER.with(Cell::take);
+    buf.clear();
+    let r = f(&mut buf);
+    if buf.capacity() <= KEEP_BUFFER {
+        buf.clear();
+        BUFFER.with(|b| b.set(buf));
+    }
+    r
+}
+
+/// Appends a tuple of arguments as one MessagePack params array.
+pub fn encode_params(args: &Bound<'_, PyTuple>, out: &mut Vec<u8>) -> PyResult<()> {
+    write_array_len(out, args.len())?;
+    for a in args.iter() {
+        encode(&a, out, 0)?;
+    }
+    Ok(())
+}
+
+/// Appends the MessagePack encoding of a Python object, in the smallest
+/// form (the bytes `foorpc::codec::encode_value` writes for the same value).
+///
+/// On error `out` holds a partial encoding: callers discard it.
+pub fn encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyResult<()> {
     if obj.is_none() {
-        return Ok(Value::Nil);
+        out.push(0xc0);
+        return Ok(());
     }
     if let Ok(b) = obj.cast_exact::<PyBool>() {
-        return Ok(Value::Boolean(b.is_true()));
+        out.push(if b.is_true() { 0xc3 } else { 0xc2 });
+        return Ok(());
     }
     if obj.is_exact_instance_of::<PyInt>() {
-        return int_value(obj);
+        return encode_int(obj, out);
     }
     if let Ok(f) = obj.cast_exact::<PyFloat>() {
-        return Ok(Value::F64(f.value()));
+        write_f64(out, f.value());
+        return Ok(());
     }
     if let Ok(s) = obj.cast_exact::<PyString>() {
-        return str_value(s);
+        return encode_str(s, out);
     }
     if let Ok(b) = obj.cast_exact::<PyBytes>() {
-        return Ok(Value::Binary(b.as_bytes().to_vec()));
+        return write_bin(out, b.as_bytes());
     }
     if let Ok(l) = obj.cast_exact::<PyList>() {
-        return list_value(l.iter(), l.len(), depth);
+        return encode_array(l.iter(), l.len(), out, depth);
     }
     if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        return list_value(t.iter(), t.len(), depth);
+        return encode_array(t.iter(), t.len(), out, depth);
     }
     if let Ok(d) = obj.cast_exact::<PyDict>() {
-        return dict_value(d, depth);
+        return encode_map(d, out, depth);
     }
-    slow_value(obj, depth)
+    encode_slow(obj, out, depth)
 }
 
-fn slow_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+fn encode_slow(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyResult<()> {
     let py = obj.py();
     let t = types(py)?;
     if obj.is_instance(t.float32.bind(py))? {
-        return Ok(Value::F32(obj.extract::<f64>()? as f32));
+        let f = obj.extract::<f64>()? as f32;
+        out.push(0xca);
+        out.extend_from_slice(&f.to_be_bytes());
+        return Ok(());
     }
     if obj.is_instance(t.ext_type.bind(py))? {
         let (code, data): (i64, Bound<'_, PyAny>) = obj.extract()?;
         let code = i8::try_from(code).map_err(|_| {
             PyOverflowError::new_err(format!("ExtType code {code} is outside -128..127"))
         })?;
-        return Ok(Value::Ext(code, bytes_of(&data)?));
+        return write_ext(out, code, &bytes_of(&data)?);
     }
     if obj.is_instance_of::<PyBool>() {
-        return Ok(Value::Boolean(obj.is_truthy()?));
+        out.push(if obj.is_truthy()? { 0xc3 } else { 0xc2 });
+        return Ok(());
     }
     if obj.is_instance_of::<PyInt>() {
-        return int_value(obj);
+        return encode_int(obj, out);
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
-        return Ok(Value::F64(f.value()));
+        write_f64(out, f.value());
+        return Ok(());
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return str_value(s);
+        return encode_str(s, out);
     }
-    if obj.is_instance_of::<PyBytes>()
-        || obj.is_instance_of::<PyByteArray>()
-        || obj.is_instance(t.memoryview.bind(py))?
-    {
-        return Ok(Value::Binary(bytes_of(obj)?));
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return write_bin(out, b.as_bytes());
+    }
+    if obj.is_instance_of::<PyByteArray>() || obj.is_instance(t.memoryview.bind(py))? {
+        return write_bin(out, &bytes_of(obj)?);
     }
     if let Ok(l) = obj.cast::<PyList>() {
-        return list_value(l.iter(), l.len(), depth);
+        return encode_array(l.iter(), l.len(), out, depth);
     }
     if let Ok(tu) = obj.cast::<PyTuple>() {
-        return list_value(tu.iter(), tu.len(), depth);
+        return encode_array(tu.iter(), tu.len(), out, depth);
     }
     if let Ok(d) = obj.cast::<PyDict>() {
-        return dict_value(d, depth);
+        return encode_map(d, out, depth);
     }
     let name = obj
         .get_type()
@@ -138,12 +178,15 @@ fn bytes_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Ok(b.cast_into::<PyBytes>()?.as_bytes().to_vec())
 }
 
-fn int_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+fn encode_int(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+    // Non-negative integers take the uint forms, negative ones the int forms.
     if let Ok(i) = obj.extract::<i64>() {
-        return Ok(Value::from(i));
+        write_int(out, i);
+        return Ok(());
     }
     if let Ok(u) = obj.extract::<u64>() {
-        return Ok(Value::from(u));
+        write_uint(out, u);
+        return Ok(());
     }
     Err(PyOverflowError::new_err(format!(
         "int {} does not fit in MessagePack (int64 or uint64 range)",
@@ -153,56 +196,175 @@ fn int_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     )))
 }
 
-fn str_value(s: &Bound<'_, PyString>) -> PyResult<Value> {
+fn encode_str(s: &Bound<'_, PyString>, out: &mut Vec<u8>) -> PyResult<()> {
     match s.to_cow() {
-        Ok(c) => Ok(Value::String(c.into_owned().into())),
+        Ok(c) => write_str(out, c.as_bytes()),
         Err(_) => {
             // Lone surrogates from `surrogateescape` stand for raw bytes that
             // were not valid UTF-8: send those bytes back as they came.
             let b = s.call_method1("encode", ("utf-8", "surrogateescape"))?;
-            let bytes = b.cast_into::<PyBytes>()?.as_bytes().to_vec();
-            Ok(raw_str(bytes))
+            write_str(out, b.cast_into::<PyBytes>()?.as_bytes())
         }
     }
 }
 
-/// A MessagePack str holding `bytes`, valid UTF-8 or not.
-pub fn raw_str(bytes: Vec<u8>) -> Value {
-    match String::from_utf8(bytes) {
-        Ok(s) => Value::String(s.into()),
-        Err(e) => {
-            let bytes = e.into_bytes();
-            // rmpv has no public constructor for a str holding invalid UTF-8,
-            // but its decoder builds one that keeps the raw bytes.
-            let mut buf = Vec::with_capacity(bytes.len() + 5);
-            rmp::encode::write_str_len(&mut buf, bytes.len() as u32)
-                .expect("writing to a Vec cannot fail");
-            buf.extend_from_slice(&bytes);
-            rmpv::decode::read_value(&mut buf.as_slice()).unwrap_or(Value::Binary(bytes))
-        }
-    }
-}
-
-fn list_value<'py>(
+fn encode_array<'py>(
     items: impl Iterator<Item = Bound<'py, PyAny>>,
     len: usize,
+    out: &mut Vec<u8>,
     depth: usize,
-) -> PyResult<Value> {
+) -> PyResult<()> {
     let depth = check_depth(depth)?;
-    let mut out = Vec::with_capacity(len);
+    write_array_len(out, len)?;
+    let mut n = 0;
     for item in items {
-        out.push(to_value(&item, depth)?);
+        n += 1;
+        if n > len {
+            break;
+        }
+        encode(&item, out, depth)?;
     }
-    Ok(Value::Array(out))
+    if n != len {
+        return Err(PyRuntimeError::new_err(
+            "a list changed size while it was being sent",
+        ));
+    }
+    Ok(())
 }
 
-fn dict_value(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<Value> {
+fn encode_map(d: &Bound<'_, PyDict>, out: &mut Vec<u8>, depth: usize) -> PyResult<()> {
     let depth = check_depth(depth)?;
-    let mut out = Vec::with_capacity(d.len());
-    for (k, v) in d.iter() {
-        out.push((to_value(&k, depth)?, to_value(&v, depth)?));
+    let len = d.len();
+    if len < 16 {
+        out.push(0x80 | len as u8);
+    } else {
+        write_len16_32(out, len, 0xde, 0xdf)?;
     }
-    Ok(Value::Map(out))
+    let mut n = 0;
+    for (k, v) in d.iter() {
+        n += 1;
+        if n > len {
+            break;
+        }
+        encode(&k, out, depth)?;
+        encode(&v, out, depth)?;
+    }
+    if n != len {
+        return Err(PyRuntimeError::new_err(
+            "a dict changed size while it was being sent",
+        ));
+    }
+    Ok(())
+}
+
+// The writers below produce the same (smallest) forms as
+// `foorpc::codec::encode_value`.
+
+fn write_f64(out: &mut Vec<u8>, f: f64) {
+    out.push(0xcb);
+    out.extend_from_slice(&f.to_be_bytes());
+}
+
+fn write_uint(out: &mut Vec<u8>, u: u64) {
+    if u < 128 {
+        out.push(u as u8);
+    } else if u <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[0xcc, u as u8]);
+    } else if u <= u64::from(u16::MAX) {
+        out.push(0xcd);
+        out.extend_from_slice(&(u as u16).to_be_bytes());
+    } else if u <= u64::from(u32::MAX) {
+        out.push(0xce);
+        out.extend_from_slice(&(u as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&u.to_be_bytes());
+    }
+}
+
+fn write_int(out: &mut Vec<u8>, i: i64) {
+    if i >= 0 {
+        write_uint(out, i as u64);
+    } else if i >= -32 {
+        out.push(i as u8);
+    } else if i >= i64::from(i8::MIN) {
+        out.extend_from_slice(&[0xd0, i as u8]);
+    } else if i >= i64::from(i16::MIN) {
+        out.push(0xd1);
+        out.extend_from_slice(&(i as i16).to_be_bytes());
+    } else if i >= i64::from(i32::MIN) {
+        out.push(0xd2);
+        out.extend_from_slice(&(i as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+}
+
+/// Appends a str header and the bytes (valid UTF-8 or not).
+pub fn write_str(out: &mut Vec<u8>, s: &[u8]) -> PyResult<()> {
+    if s.len() < 32 {
+        out.push(0xa0 | s.len() as u8);
+    } else {
+        write_len(out, s.len(), [0xd9, 0xda, 0xdb])?;
+    }
+    out.extend_from_slice(s);
+    Ok(())
+}
+
+fn write_bin(out: &mut Vec<u8>, b: &[u8]) -> PyResult<()> {
+    write_len(out, b.len(), [0xc4, 0xc5, 0xc6])?;
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn write_ext(out: &mut Vec<u8>, code: i8, data: &[u8]) -> PyResult<()> {
+    match data.len() {
+        1 => out.push(0xd4),
+        2 => out.push(0xd5),
+        4 => out.push(0xd6),
+        8 => out.push(0xd7),
+        16 => out.push(0xd8),
+        n => write_len(out, n, [0xc7, 0xc8, 0xc9])?,
+    }
+    out.push(code as u8);
+    out.extend_from_slice(data);
+    Ok(())
+}
+
+fn write_array_len(out: &mut Vec<u8>, n: usize) -> PyResult<()> {
+    if n < 16 {
+        out.push(0x90 | n as u8);
+        Ok(())
+    } else {
+        write_len16_32(out, n, 0xdc, 0xdd)
+    }
+}
+
+/// Length header with 8-, 16- and 32-bit forms (bin, str8+, ext).
+fn write_len(out: &mut Vec<u8>, n: usize, markers: [u8; 3]) -> PyResult<()> {
+    if n <= usize::from(u8::MAX) {
+        out.extend_from_slice(&[markers[0], n as u8]);
+        Ok(())
+    } else {
+        write_len16_32(out, n, markers[1], markers[2])
+    }
+}
+
+fn write_len16_32(out: &mut Vec<u8>, n: usize, m16: u8, m32: u8) -> PyResult<()> {
+    if n <= usize::from(u16::MAX) {
+        out.push(m16);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        let n = u32::try_from(n).map_err(|_| {
+            PyValueError::new_err(format!(
+                "{n} bytes or items is more than MessagePack can hold (2**32 - 1)"
+            ))
+        })?;
+        out.push(m32);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    Ok(())
 }
 
 fn check_depth(depth: usize) -> PyResult<usize> {

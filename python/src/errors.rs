@@ -40,15 +40,17 @@ impl From<Error> for PyErr {
     }
 }
 
-/// The error object sent in reply when a Python handler raised `err`:
+/// Appends the error object sent in reply when a Python handler raised `err`:
 /// a `RemoteError`'s `.error` unchanged, otherwise `[0, "TypeName: message"]`.
-pub fn error_object(py: Python<'_>, err: &PyErr) -> foorpc::Value {
+pub fn encode_error_object(py: Python<'_>, err: &PyErr, out: &mut Vec<u8>) {
     let value = err.value(py);
+    let start = out.len();
     if value.is_instance_of::<RemoteError>() {
         if let Ok(obj) = value.getattr("error") {
-            if let Ok(v) = convert::to_value(&obj, 0) {
-                return v;
+            if convert::encode(&obj, out, 0).is_ok() {
+                return;
             }
+            out.truncate(start);
         }
     }
     let name = value
@@ -65,7 +67,8 @@ pub fn error_object(py: Python<'_>, err: &PyErr) -> foorpc::Value {
     } else {
         format!("{name}: {msg}")
     };
-    foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, text)
+    let obj = foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, text);
+    foorpc::codec::encode_value(out, &obj);
 }
 
 /// The error for objects used in a child process after `fork()`.

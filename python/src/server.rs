@@ -85,17 +85,43 @@ fn run_method(h: &Handler, req: Request) {
         responder,
         ..
     } = req;
-    let outcome = Python::attach(|py| {
-        let result = h
-            .args(py, params, peer)
-            .and_then(|args| h.func.bind(py).call1(args))
-            .and_then(|out| convert::to_value(&out, 0));
-        result.map_err(|e| errors::error_object(py, &e))
-    });
-    match outcome {
-        Ok(v) => responder.ok(v),
-        Err(e) => responder.error(e),
+    convert::with_buffer(|buf| {
+        let ok = Python::attach(|py| {
+            let result = h
+                .args(py, params, peer)
+                .and_then(|args| h.func.bind(py).call1(args))
+                .and_then(|out| convert::encode(&out, buf, 0));
+            encode_outcome(py, result, buf)
+        });
+        // Sent with the GIL released. The bytes are valid MessagePack; the
+        // core still answers (with an error) if they break the limits.
+        let _ = if ok {
+            responder.ok_encoded(buf)
+        } else {
+            responder.error_encoded(buf)
+        };
+    })
+}
+
+/// After encoding a result into `buf`: on failure, replaces it with the
+/// error object for the exception. True if `buf` holds a result.
+fn encode_outcome(py: Python<'_>, result: PyResult<()>, buf: &mut Vec<u8>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            buf.clear();
+            errors::encode_error_object(py, &e, buf);
+            false
+        }
     }
+}
+
+/// Answers `responder` with the error object for `err`.
+fn answer_exception(py: Python<'_>, responder: foorpc::Responder, err: &PyErr) {
+    convert::with_buffer(|buf| {
+        errors::encode_error_object(py, err, buf);
+        let _ = responder.error_encoded(buf);
+    })
 }
 
 fn run_deferred(h: &Handler, req: Request) {
@@ -108,14 +134,14 @@ fn run_deferred(h: &Handler, req: Request) {
     Python::attach(|py| {
         let args = match h.args(py, params, peer) {
             Ok(a) => a,
-            Err(e) => return responder.error(errors::error_object(py, &e)),
+            Err(e) => return answer_exception(py, responder, &e),
         };
         let r = match Bound::new(py, Responder::new(responder)) {
             Ok(r) => r,
             Err(e) => return e.write_unraisable(py, None),
         };
         if let Err(e) = h.func.bind(py).call1((r.clone(), args)) {
-            r.get().send(Err(errors::error_object(py, &e)));
+            r.get().send_exception(py, &e);
         }
     })
 }
@@ -146,14 +172,25 @@ impl Responder {
         }
     }
 
-    fn send(&self, outcome: Result<Value, Value>) -> bool {
+    /// Answers with an encoded result (`ok`) or error object; false if
+    /// already answered.
+    fn send(&self, ok: bool, encoded: &[u8]) -> bool {
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(r) = r else { return false };
-        match outcome {
-            Ok(v) => r.ok(v),
-            Err(e) => r.error(e),
-        }
+        // Bytes that break the limits are answered with an error by the core.
+        let _ = if ok {
+            r.ok_encoded(encoded)
+        } else {
+            r.error_encoded(encoded)
+        };
         true
+    }
+
+    fn send_exception(&self, py: Python<'_>, err: &PyErr) -> bool {
+        convert::with_buffer(|buf| {
+            errors::encode_error_object(py, err, buf);
+            py.detach(|| self.send(false, buf))
+        })
     }
 }
 
@@ -162,21 +199,24 @@ impl Responder {
     /// Answers with `result`; False if the request was already answered.
     /// A result that cannot be converted answers with that error instead.
     fn ok(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> bool {
-        let outcome = convert::to_value(result, 0).map_err(|e| errors::error_object(py, &e));
-        py.detach(|| self.send(outcome))
+        convert::with_buffer(|buf| {
+            let ok = encode_outcome(py, convert::encode(result, buf, 0), buf);
+            py.detach(|| self.send(ok, buf))
+        })
     }
 
     /// Answers with the error object `error`, sent unchanged.
     fn error(&self, py: Python<'_>, error: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let e = convert::to_value(error, 0)?;
-        Ok(py.detach(|| self.send(Err(e))))
+        convert::with_buffer(|buf| {
+            convert::encode(error, buf, 0)?;
+            Ok(py.detach(|| self.send(false, buf)))
+        })
     }
 
     /// Answers with the error reply for the exception `exc`
     /// (`[0, "TypeName: message"]`, or a RemoteError's `.error`).
     fn exception(&self, py: Python<'_>, exc: &Bound<'_, PyBaseException>) -> bool {
-        let e = errors::error_object(py, &PyErr::from_value(exc.clone().into_any()));
-        py.detach(|| self.send(Err(e)))
+        self.send_exception(py, &PyErr::from_value(exc.clone().into_any()))
     }
 
     /// True once answered.
