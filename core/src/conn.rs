@@ -101,9 +101,6 @@ pub(crate) struct Conn {
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
     deadlines_watched: AtomicBool,
-    /// Calls in flight that want their result encoded; while 0, replies are
-    /// decoded without looking their calls up.
-    raw_calls: AtomicUsize,
     /// Caller-driven with a blocking socket: a leader waits inside `recv`.
     blocking_reads: AtomicBool,
     /// The socket's receive timeout now, in microseconds (u64::MAX: unset).
@@ -150,7 +147,6 @@ impl Conn {
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             deadlines_watched: AtomicBool::new(false),
-            raw_calls: AtomicUsize::new(0),
             blocking_reads: AtomicBool::new(false),
             recv_timeout_us: AtomicU64::new(u64::MAX),
             reactor_wakes_at: AtomicU64::new(u64::MAX),
@@ -416,9 +412,8 @@ impl Conn {
         if self.is_closed() {
             return ReadStatus::Closed(self.closed_error());
         }
-        let raw_result = |msgid: u32| {
-            self.raw_calls.load(Ordering::Acquire) > 0 && lock(&self.pending).wants_raw(msgid)
-        };
+        // Only responses are looked up: one uncontended lock per reply.
+        let raw_result = |msgid: u32| lock(&self.pending).wants_raw(msgid);
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             loop {
@@ -640,14 +635,6 @@ impl Conn {
         self.send(deadline, |out| {
             codec::encode_notification_params(out, method, params)
         })
-    }
-
-    /// Runs `call` counted as a call that wants its result encoded.
-    pub(crate) fn with_raw_result<T>(&self, call: impl FnOnce() -> T) -> T {
-        self.raw_calls.fetch_add(1, Ordering::AcqRel);
-        let out = call();
-        self.raw_calls.fetch_sub(1, Ordering::AcqRel);
-        out
     }
 
     /// Checks caller-encoded bytes against this connection's limits.

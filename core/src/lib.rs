@@ -50,7 +50,7 @@ pub use dispatch::{Execution, Notification, Request, Responder, Router};
 pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 pub use limits::Limits;
 pub use message::Message;
-pub use peer::{from_value, to_params, Peer, PendingCall};
+pub use peer::{encoded_result, from_value, to_params, Peer, PendingCall};
 pub use rmpv::Value;
 pub use server::{Server, ServerBuilder, DEFAULT_DRAIN_TIMEOUT};
 pub use transport::Address;

@@ -35,6 +35,20 @@ pub fn to_params(args: impl Serialize) -> Result<Vec<Value>> {
     }
 }
 
+/// The MessagePack bytes of a result delivered by [`Peer::call_encoded`] or
+/// a [`Peer::call_async_encoded`] handle (which carry them as `Value::Binary`).
+pub fn encoded_result(result: Value) -> Vec<u8> {
+    match result {
+        Value::Binary(bytes) => bytes,
+        // Not reachable through those calls; encode rather than lose it.
+        other => {
+            let mut bytes = Vec::new();
+            crate::codec::encode_value(&mut bytes, &other);
+            bytes
+        }
+    }
+}
+
 /// Converts a result value into `R`.
 pub fn from_value<R: DeserializeOwned>(value: Value) -> Result<R> {
     rmpv::ext::from_value(value).map_err(|e| Error::Serialization(e.to_string()))
@@ -93,18 +107,8 @@ impl Peer {
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>> {
         self.conn.check_encoded(params, true)?;
-        let result = self
-            .conn
-            .with_raw_result(|| self.call_params(method, Params::Encoded(params), timeout, true))?;
-        match result {
-            Value::Binary(bytes) => Ok(bytes),
-            // Not reachable: the reader hands raw results over as bin.
-            other => {
-                let mut bytes = Vec::new();
-                crate::codec::encode_value(&mut bytes, &other);
-                Ok(bytes)
-            }
-        }
+        let result = self.call_params(method, Params::Encoded(params), timeout, true)?;
+        Ok(encoded_result(result))
     }
 
     fn call_params(
@@ -128,10 +132,12 @@ impl Peer {
         params: &[Value],
         timeout: Option<Duration>,
     ) -> Result<PendingCall> {
-        self.call_async_params(method, Params::Values(params), timeout)
+        self.call_async_params(method, Params::Values(params), timeout, false)
     }
 
-    /// [`Peer::call_async`] with params already encoded (see [`Peer::call_encoded`]).
+    /// [`Peer::call_async`] with params already encoded, whose handle yields
+    /// the result's MessagePack bytes as `Value::Binary` (see
+    /// [`Peer::call_encoded`]; [`encoded_result`] unwraps them).
     pub fn call_async_encoded(
         &self,
         method: &str,
@@ -139,7 +145,7 @@ impl Peer {
         timeout: Option<Duration>,
     ) -> Result<PendingCall> {
         self.conn.check_encoded(params, true)?;
-        self.call_async_params(method, Params::Encoded(params), timeout)
+        self.call_async_params(method, Params::Encoded(params), timeout, true)
     }
 
     fn call_async_params(
@@ -147,10 +153,11 @@ impl Peer {
         method: &str,
         params: Params<'_>,
         timeout: Option<Duration>,
+        raw_result: bool,
     ) -> Result<PendingCall> {
         self.conn.check_usable(false)?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (msgid, slot) = self.conn.start_call(method, params, deadline, false)?;
+        let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
         Ok(PendingCall {
             conn: self.conn.clone(),
             slot,

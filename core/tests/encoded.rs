@@ -22,7 +22,11 @@ fn encoded_params_reach_the_handler_as_values() {
         encoded(&Value::from(42))
     );
     let pending = client.call_async_encoded("add", &params, CALL).unwrap();
-    assert_eq!(pending.wait().unwrap(), Value::from(42));
+    // An encoded call's handle yields the result's bytes too.
+    assert_eq!(
+        foorpc::encoded_result(pending.wait().unwrap()),
+        encoded(&Value::from(42))
+    );
     client
         .notify_encoded("log", &encoded(&Value::Array(vec![])))
         .unwrap();

@@ -133,17 +133,17 @@ pub(crate) fn call(
 
 /// Calls the callback with an outcome, recording a failure as the thread's last error.
 fn deliver(cb: CallbackFn, userdata: SendPtr, outcome: foorpc::Result<Value>) {
-    let (code, bytes) = match &outcome {
-        Ok(v) => (foorpc_result::Ok, Some(v)),
+    let (code, out) = match outcome {
+        // The result arrives as its wire bytes (call_async_encoded).
+        Ok(result) => (foorpc_result::Ok, Some(foorpc::encoded_result(result))),
         Err(e) => {
             set_last_error(e.to_string());
             match e {
-                Error::Remote(obj) => (foorpc_result::RemoteError, Some(obj)),
-                other => (code_of(other), None),
+                Error::Remote(obj) => (foorpc_result::RemoteError, Some(buf::encode(&obj))),
+                other => (code_of(&other), None),
             }
         }
     };
-    let out = bytes.map(buf::encode);
     let (ptr, len) = match &out {
         Some(b) => (b.as_ptr(), b.len()),
         None => (std::ptr::null(), 0),

@@ -426,3 +426,181 @@ fn to_py_inner(py: Python<'_>, value: Value, key: bool) -> PyResult<Bound<'_, Py
             .call1((code, PyBytes::new(py, &data)))?,
     })
 }
+
+/// Converts the MessagePack bytes of one value (a result as it came off the
+/// wire) straight into a Python object: no `Value` tree in between. The same
+/// mapping as [`to_py`].
+pub fn decode_to_py<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let mut r = Decode { buf: bytes, pos: 0 };
+    let obj = r.value(py, false, 0)?;
+    if r.pos != bytes.len() {
+        return Err(PyValueError::new_err("bytes follow the MessagePack value"));
+    }
+    Ok(obj)
+}
+
+struct Decode<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn truncated() -> PyErr {
+    PyValueError::new_err("truncated MessagePack value")
+}
+
+impl<'a> Decode<'a> {
+    fn take(&mut self, n: usize) -> PyResult<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or_else(truncated)?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn uint(&mut self, width: usize) -> PyResult<u64> {
+        Ok(self
+            .take(width)?
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    }
+
+    fn int(&mut self, width: usize) -> PyResult<i64> {
+        let u = self.uint(width)?;
+        let shift = 64 - 8 * width as u32;
+        Ok(((u << shift) as i64) >> shift)
+    }
+
+    fn value<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: bool,
+        depth: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let b = self.take(1)?[0];
+        let obj = match b {
+            0x00..=0x7f => i64::from(b).into_pyobject(py)?.into_any(),
+            0xe0..=0xff => i64::from(b as i8).into_pyobject(py)?.into_any(),
+            0xc0 => py.None().into_bound(py),
+            0xc2 => PyBool::new(py, false).to_owned().into_any(),
+            0xc3 => PyBool::new(py, true).to_owned().into_any(),
+            0xcc => self.uint(1)?.into_pyobject(py)?.into_any(),
+            0xcd => self.uint(2)?.into_pyobject(py)?.into_any(),
+            0xce => self.uint(4)?.into_pyobject(py)?.into_any(),
+            0xcf => self.uint(8)?.into_pyobject(py)?.into_any(),
+            0xd0 => self.int(1)?.into_pyobject(py)?.into_any(),
+            0xd1 => self.int(2)?.into_pyobject(py)?.into_any(),
+            0xd2 => self.int(4)?.into_pyobject(py)?.into_any(),
+            0xd3 => self.int(8)?.into_pyobject(py)?.into_any(),
+            0xca => {
+                let f = f32::from_bits(self.uint(4)? as u32);
+                types(py)?.float32.bind(py).call1((f as f64,))?
+            }
+            0xcb => PyFloat::new(py, f64::from_bits(self.uint(8)?)).into_any(),
+            0xa0..=0xbf => self.str(py, usize::from(b & 0x1f))?,
+            0xd9 => {
+                let n = self.uint(1)? as usize;
+                self.str(py, n)?
+            }
+            0xda => {
+                let n = self.uint(2)? as usize;
+                self.str(py, n)?
+            }
+            0xdb => {
+                let n = self.uint(4)? as usize;
+                self.str(py, n)?
+            }
+            0xc4..=0xc6 => {
+                let n = self.uint(1 << (b - 0xc4))? as usize;
+                PyBytes::new(py, self.take(n)?).into_any()
+            }
+            0x90..=0x9f => self.array(py, usize::from(b & 0x0f), key, depth)?,
+            0xdc => {
+                let n = self.uint(2)? as usize;
+                self.array(py, n, key, depth)?
+            }
+            0xdd => {
+                let n = self.uint(4)? as usize;
+                self.array(py, n, key, depth)?
+            }
+            0x80..=0x8f => self.map(py, usize::from(b & 0x0f), depth)?,
+            0xde => {
+                let n = self.uint(2)? as usize;
+                self.map(py, n, depth)?
+            }
+            0xdf => {
+                let n = self.uint(4)? as usize;
+                self.map(py, n, depth)?
+            }
+            0xd4..=0xd8 => {
+                let n = 1usize << (b - 0xd4);
+                self.ext(py, n)?
+            }
+            0xc7..=0xc9 => {
+                let n = self.uint(1 << (b - 0xc7))? as usize;
+                self.ext(py, n)?
+            }
+            0xc1 => return Err(PyValueError::new_err("reserved MessagePack byte 0xc1")),
+        };
+        Ok(obj)
+    }
+
+    fn str<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        let raw = self.take(n)?;
+        Ok(match std::str::from_utf8(raw) {
+            Ok(st) => PyString::new(py, st).into_any(),
+            // Invalid UTF-8 round-trips through surrogate escapes.
+            Err(_) => PyString::from_encoded_object(
+                &PyBytes::new(py, raw),
+                Some(c"utf-8"),
+                Some(c"surrogateescape"),
+            )?
+            .into_any(),
+        })
+    }
+
+    fn array<'py>(
+        &mut self,
+        py: Python<'py>,
+        n: usize,
+        key: bool,
+        depth: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let depth = check_depth(depth)?;
+        // Each element takes a byte at least: a count beyond the input is bogus.
+        if n > self.buf.len() - self.pos {
+            return Err(truncated());
+        }
+        let items = (0..n)
+            .map(|_| self.value(py, key, depth))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(if key {
+            // A list cannot be a dict key; an array used as a map key becomes a tuple.
+            PyTuple::new(py, items)?.into_any()
+        } else {
+            PyList::new(py, items)?.into_any()
+        })
+    }
+
+    fn map<'py>(&mut self, py: Python<'py>, n: usize, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        let depth = check_depth(depth)?;
+        if n > self.buf.len() - self.pos {
+            return Err(truncated());
+        }
+        let d = PyDict::new(py);
+        for _ in 0..n {
+            let k = self.value(py, true, depth)?;
+            let v = self.value(py, false, depth)?;
+            d.set_item(k, v)?;
+        }
+        Ok(d.into_any())
+    }
+
+    fn ext<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        let code = self.take(1)?[0] as i8;
+        let data = self.take(n)?;
+        types(py)?
+            .ext_type
+            .bind(py)
+            .call1((code, PyBytes::new(py, data)))
+    }
+}
