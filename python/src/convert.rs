@@ -43,7 +43,7 @@ fn types(py: Python<'_>) -> PyResult<&Types> {
 
 /// Buffers bigger than this are freed after use instead of kept for the
 /// next call on the same thread.
-const KEEP_BUFFER: usize = 256 * 1024;
+const KEEP_BUFFER: usize = 2 * 1024 * 1024;
 
 thread_local! {
     static BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
