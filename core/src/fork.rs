@@ -12,7 +12,7 @@ extern "C" fn in_child() {
 }
 
 /// A number that changes in a child process after every `fork()`.
-pub(crate) fn generation() -> u64 {
+pub fn generation() -> u64 {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         // SAFETY: registering a handler that only touches an atomic.

@@ -48,6 +48,9 @@ pub mod transport;
 pub use client::{Client, ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 pub use dispatch::{Execution, Notification, Request, Responder, Router};
 pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
+/// A number that changes in a child process after every `fork()`: front
+/// ends compare it (one atomic load) to refuse objects inherited across fork.
+pub use fork::generation as fork_generation;
 pub use limits::Limits;
 pub use message::Message;
 pub use peer::{encoded_result, from_value, to_params, Peer, PendingCall};

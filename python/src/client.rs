@@ -216,14 +216,15 @@ pub fn future_call(
 #[pyclass(module = "foorpc._native", subclass, frozen)]
 pub struct Client {
     inner: ManuallyDrop<foorpc::Client>,
-    pid: u32,
+    /// The process it was made in (see foorpc::fork_generation).
+    generation: u64,
     default_timeout: Option<Duration>,
     address: String,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if std::process::id() == self.pid {
+        if foorpc::fork_generation() == self.generation {
             // SAFETY: dropped once, here, and never used again.
             unsafe { ManuallyDrop::drop(&mut self.inner) }
         }
@@ -234,7 +235,7 @@ impl Drop for Client {
 
 impl Client {
     fn peer(&self) -> PyResult<&foorpc::Peer> {
-        if std::process::id() != self.pid {
+        if foorpc::fork_generation() != self.generation {
             return Err(errors::forked("client"));
         }
         Ok(self.inner.peer())
@@ -282,7 +283,7 @@ impl Client {
         let inner = py.detach(move || builder.connect(&addr)).map_err(Error)?;
         Ok(Client {
             inner: ManuallyDrop::new(inner),
-            pid: std::process::id(),
+            generation: foorpc::fork_generation(),
             default_timeout,
             address,
         })
@@ -312,7 +313,7 @@ impl Client {
 
     /// Closes the connection; calls still waiting fail with ConnectionLostError.
     fn close(&self) {
-        if std::process::id() == self.pid {
+        if foorpc::fork_generation() == self.generation {
             self.inner.close();
         }
     }
@@ -320,7 +321,7 @@ impl Client {
     /// True once the connection is closed (by either side).
     #[getter]
     fn closed(&self) -> bool {
-        std::process::id() != self.pid || self.inner.is_closed()
+        foorpc::fork_generation() != self.generation || self.inner.is_closed()
     }
 
     /// Calls waiting for their reply.
@@ -360,7 +361,7 @@ impl Client {
 
     /// Forgets the call `msgid` (its awaiting task was cancelled).
     fn _cancel(&self, msgid: u32) {
-        if std::process::id() == self.pid {
+        if foorpc::fork_generation() == self.generation {
             self.inner.cancel(msgid);
         }
     }
@@ -375,19 +376,20 @@ impl Client {
 #[pyclass(module = "foorpc._native", frozen)]
 pub struct Peer {
     inner: foorpc::Peer,
-    pid: u32,
+    /// The process it was made in (see foorpc::fork_generation).
+    generation: u64,
 }
 
 impl Peer {
     pub fn new(inner: foorpc::Peer) -> Peer {
         Peer {
             inner,
-            pid: std::process::id(),
+            generation: foorpc::fork_generation(),
         }
     }
 
     fn peer(&self) -> PyResult<&foorpc::Peer> {
-        if std::process::id() != self.pid {
+        if foorpc::fork_generation() != self.generation {
             return Err(errors::forked("peer"));
         }
         Ok(&self.inner)
@@ -475,7 +477,7 @@ impl Peer {
 
     /// Closes the connection.
     fn close(&self) {
-        if std::process::id() == self.pid {
+        if foorpc::fork_generation() == self.generation {
             self.inner.close();
         }
     }
