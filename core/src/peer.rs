@@ -180,6 +180,19 @@ impl Peer {
         self.conn.notify(method, Params::Encoded(params))
     }
 
+    /// Holds this connection's writes back until the matching
+    /// [`Peer::uncork`], so that requests made together leave in one write
+    /// (an event loop corks for one iteration). Every `cork` must be matched
+    /// by exactly one `uncork`.
+    pub fn cork(&self) {
+        self.conn.cork();
+    }
+
+    /// Ends one [`Peer::cork`]; the last one writes what was held back.
+    pub fn uncork(&self) {
+        self.conn.uncork();
+    }
+
     /// Closes the connection; pending calls fail with [`Error::Closed`].
     pub fn close(&self) {
         self.conn.close(Error::Closed);

@@ -359,6 +359,19 @@ impl Client {
         future_call(py, peer, completions, future, &method, params, timeout)
     }
 
+    /// Holds requests back (AsyncClient corks for one loop iteration, so
+    /// that the calls made in it leave in one write); see `_uncork`.
+    fn _cork(&self) -> PyResult<()> {
+        self.peer()?.cork();
+        Ok(())
+    }
+
+    /// Ends one `_cork`: the last one writes what was held back.
+    fn _uncork(&self) -> PyResult<()> {
+        self.peer()?.uncork();
+        Ok(())
+    }
+
     /// Forgets the call `msgid` (its awaiting task was cancelled).
     fn _cancel(&self, msgid: u32) {
         if foorpc::fork_generation() == self.generation {

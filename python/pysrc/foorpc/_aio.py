@@ -35,7 +35,7 @@ class AsyncClient:
     blocking for at most ``connect_timeout``).
     """
 
-    __slots__ = ("_c", "_loop", "_completions")
+    __slots__ = ("_c", "_loop", "_completions", "_corked")
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class AsyncClient:
         )
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._completions: Optional[_Completions] = None
+        self._corked = False
 
     @classmethod
     async def connect(
@@ -88,12 +89,21 @@ class AsyncClient:
             completions = self._completions = _Completions(loop.call_soon_threadsafe)
             self._loop = loop
         fut = loop.create_future()
+        if not self._corked:
+            # The calls made until the loop comes round again leave in one write.
+            self._c._cork()
+            self._corked = True
+            loop.call_soon(self._uncork)
         msgid = self._c._call_future(completions, fut, method, params, timeout)
         try:
             return await fut
         except asyncio.CancelledError:
             self._c._cancel(msgid)
             raise
+
+    def _uncork(self) -> None:
+        self._corked = False
+        self._c._uncork()
 
     def notify(self, method: str, *params: Any) -> None:
         """Sends a notification (queued at once; does not wait)."""
