@@ -212,7 +212,9 @@ fn write_params(out: &mut Vec<u8>, params: &[Value]) {
     }
 }
 
-fn write_uint(out: &mut Vec<u8>, u: u64) {
+/// Appends an unsigned integer in its smallest form (for front ends that
+/// encode their own objects; `encode_value` uses the same writers).
+pub fn write_uint(out: &mut Vec<u8>, u: u64) {
     if u < 128 {
         out.push(u as u8);
     } else if u <= u64::from(u8::MAX) {
@@ -229,9 +231,9 @@ fn write_uint(out: &mut Vec<u8>, u: u64) {
     }
 }
 
-/// Writes a negative integer (non-negative ones go through `write_uint`, as
-/// rmp and every other msgpack library do).
-fn write_int(out: &mut Vec<u8>, i: i64) {
+/// Appends a signed integer in its smallest form: non-negative ones as
+/// unsigned (`write_uint`), as rmp and every other msgpack library do.
+pub fn write_int(out: &mut Vec<u8>, i: i64) {
     if i >= 0 {
         write_uint(out, i as u64);
     } else if i >= -32 {

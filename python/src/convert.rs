@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 
+use foorpc::codec::{write_int, write_uint};
 use foorpc::Value;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -258,47 +259,11 @@ fn encode_map(d: &Bound<'_, PyDict>, out: &mut Vec<u8>, depth: usize) -> PyResul
 }
 
 // The writers below produce the same (smallest) forms as
-// `foorpc::codec::encode_value`.
+// `foorpc::codec::encode_value`; integers use the core's own writers.
 
 fn write_f64(out: &mut Vec<u8>, f: f64) {
     out.push(0xcb);
     out.extend_from_slice(&f.to_be_bytes());
-}
-
-fn write_uint(out: &mut Vec<u8>, u: u64) {
-    if u < 128 {
-        out.push(u as u8);
-    } else if u <= u64::from(u8::MAX) {
-        out.extend_from_slice(&[0xcc, u as u8]);
-    } else if u <= u64::from(u16::MAX) {
-        out.push(0xcd);
-        out.extend_from_slice(&(u as u16).to_be_bytes());
-    } else if u <= u64::from(u32::MAX) {
-        out.push(0xce);
-        out.extend_from_slice(&(u as u32).to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&u.to_be_bytes());
-    }
-}
-
-fn write_int(out: &mut Vec<u8>, i: i64) {
-    if i >= 0 {
-        write_uint(out, i as u64);
-    } else if i >= -32 {
-        out.push(i as u8);
-    } else if i >= i64::from(i8::MIN) {
-        out.extend_from_slice(&[0xd0, i as u8]);
-    } else if i >= i64::from(i16::MIN) {
-        out.push(0xd1);
-        out.extend_from_slice(&(i as i16).to_be_bytes());
-    } else if i >= i64::from(i32::MIN) {
-        out.push(0xd2);
-        out.extend_from_slice(&(i as i32).to_be_bytes());
-    } else {
-        out.push(0xd3);
-        out.extend_from_slice(&i.to_be_bytes());
-    }
 }
 
 /// Appends a str header and the bytes (valid UTF-8 or not).
