@@ -21,14 +21,22 @@
 //! Each layer knows only the ones below it:
 //! - [`value`](Value) and [`message`]: the dynamic value (rmpv's, which keeps
 //!   exact MessagePack types) and the three message kinds;
-//! - [`codec`]: encoding, and an incremental decoder with limits;
-//! - `transport`: TCP and Unix sockets and addresses;
+//! - [`codec`]: encoding (also of caller-encoded params and results), and an
+//!   incremental decoder with limits;
+//! - [`transport`]: TCP and Unix sockets and addresses;
 //! - `conn`: one connection: buffers, calls in flight, dispatch; read either by
-//!   waiting callers (leader/followers) or by a reactor;
-//! - `reactor`: the mio event loop and timers;
+//!   waiting callers (leader/followers, a blocking `recv` in the caller) or by
+//!   a reactor;
+//! - `reactor`: the mio event loop, and call deadlines for background calls;
 //! - `pending`: msgid allocation and reply slots;
-//! - [`dispatch`]: handlers, the worker pool, the exactly-once [`Responder`];
+//! - [`dispatch`]: handlers and the exactly-once [`Responder`]; `pool`: the
+//!   worker threads of blocking handlers;
+//! - `fork`: what changes in a child process;
 //! - [`Client`], [`Peer`], [`Server`]: the public handles.
+//!
+//! The C ABI (`ffi/`) and the Python bindings (`python/`) are thin layers
+//! over [`Peer`], [`Router`] and [`Responder`]; they pass MessagePack bytes
+//! through the `*_encoded` calls so that no [`Value`] tree is built for them.
 
 mod client;
 pub mod codec;
