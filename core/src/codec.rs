@@ -834,7 +834,9 @@ fn parse_message(buf: &[u8], raw_result: &dyn Fn(u32) -> bool) -> Result<Message
             let error = r.value()?;
             let result = if raw_result(msgid) {
                 // The result is the message's last element: the rest of it.
-                Value::Binary(buf[r.pos..].to_vec())
+                let mut bytes = crate::bufpool::take(buf.len() - r.pos);
+                bytes.extend_from_slice(&buf[r.pos..]);
+                Value::Binary(bytes)
             } else {
                 r.value()?
             };

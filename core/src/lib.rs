@@ -38,6 +38,7 @@
 //! over [`Peer`], [`Router`] and [`Responder`]; they pass MessagePack bytes
 //! through the `*_encoded` calls so that no [`Value`] tree is built for them.
 
+mod bufpool;
 mod client;
 pub mod codec;
 mod conn;
@@ -53,6 +54,9 @@ mod reactor;
 mod server;
 pub mod transport;
 
+/// Hands back a byte buffer received from an `*_encoded` call once it is
+/// used, so that the next large result can reuse it.
+pub use bufpool::recycle;
 pub use client::{Client, ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 pub use dispatch::{Execution, Notification, Request, Responder, Router};
 pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};

@@ -49,7 +49,9 @@ pub extern "C" fn foorpc_buf_free(buf: *mut foorpc_buf) {
     ffi_panic_boundary! {
         if !buf.is_null() {
             // SAFETY: created by Box::into_raw in this crate, freed once.
-            drop(unsafe { Box::from_raw(buf) });
+            let buf = unsafe { Box::from_raw(buf) };
+            // A large result buffer serves the next large result.
+            foorpc::recycle(buf.bytes);
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn blocking_call(
     loop {
         if let Some(r) = outcome {
             return match r {
-                Ok(v) => Ok(convert::decode_to_py(py, &foorpc::encoded_result(v))?.unbind()),
+                Ok(v) => Ok(convert::result_to_py(py, v)?.unbind()),
                 Err(e) => Err(Error(e).into()),
             };
         }
@@ -163,7 +163,7 @@ impl Completions {
         let h = async_helpers(py)?;
         for (fut, outcome) in items {
             let (setter, arg) = match outcome.map_err(Error) {
-                Ok(v) => match convert::decode_to_py(py, &foorpc::encoded_result(v)) {
+                Ok(v) => match convert::result_to_py(py, v) {
                     Ok(obj) => (&h.set_result, obj),
                     Err(e) => (&h.set_exception, e.into_value(py).into_bound(py).into_any()),
                 },

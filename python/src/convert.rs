@@ -392,6 +392,15 @@ fn to_py_inner(py: Python<'_>, value: Value, key: bool) -> PyResult<Bound<'_, Py
     })
 }
 
+/// Converts a result delivered by an `*_encoded` call (its MessagePack
+/// bytes) into a Python object, then hands the bytes back for reuse.
+pub fn result_to_py(py: Python<'_>, result: Value) -> PyResult<Bound<'_, PyAny>> {
+    let bytes = foorpc::encoded_result(result);
+    let obj = decode_to_py(py, &bytes);
+    foorpc::recycle(bytes);
+    obj
+}
+
 /// Converts the MessagePack bytes of one value (a result as it came off the
 /// wire) straight into a Python object: no `Value` tree in between. The same
 /// mapping as [`to_py`].
