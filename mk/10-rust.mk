@@ -1,4 +1,4 @@
-# Rust: the core crate, its examples and tests.
+# Rust: the core crate, its examples and tests (clippy covers the whole workspace).
 .PHONY: build-rust test-rust test-rust-peers
 build: build-rust
 TEST_TARGETS += test-rust test-rust-peers
@@ -9,7 +9,7 @@ build-rust:
 test-rust:
 	$(CARGO) test --release -p foorpc
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release -p foorpc --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 ## Clients foorpc did not write (msgpack package, pynvim) call the Rust calc_server.
 test-rust-peers: build-rust venv

@@ -8,6 +8,10 @@
 //! - by a reactor thread (servers, and clients that have handlers, futures or
 //!   callbacks): the reactor reads, and waiting threads are woken with the reply.
 //!
+//! - by the program's own event loop (asyncio, for example), which reads
+//!   when the socket is readable and flushes what its calls queued; nothing
+//!   here blocks or starts a thread for such a connection (`LoopDriven`).
+//!
 //! Either way the same code reads, decodes and processes messages: the
 //! `read_wanted` flag lets a reader that finds the read lock taken leave the
 //! work to the holder, which looks again before it leaves.
@@ -103,6 +107,9 @@ pub(crate) struct Conn {
     deadlines_watched: AtomicBool,
     /// Caller-driven with a blocking socket: a leader waits inside `recv`.
     blocking_reads: AtomicBool,
+    /// Read, flushed and timed out by the program's event loop (see
+    /// [`Conn::drive_from_event_loop`]): never waits here.
+    loop_driven: AtomicBool,
     /// The socket's receive timeout now, in microseconds (u64::MAX: unset).
     recv_timeout_us: AtomicU64,
     /// The deadline the reactor will wake up for next (nanoseconds after
@@ -148,6 +155,7 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             deadlines_watched: AtomicBool::new(false),
             blocking_reads: AtomicBool::new(false),
+            loop_driven: AtomicBool::new(false),
             recv_timeout_us: AtomicU64::new(u64::MAX),
             reactor_wakes_at: AtomicU64::new(u64::MAX),
             fork_generation: fork::generation(),
@@ -185,6 +193,28 @@ impl Conn {
         if self.reactor.get().is_none() && self.stream.set_blocking(true).is_ok() {
             self.blocking_reads.store(true, Ordering::Release);
         }
+    }
+
+    /// Hands reading, flushing and deadlines to the program's event loop.
+    /// Only a connection that nothing else drives and that serves no
+    /// handlers qualifies (handlers may answer from worker threads, whose
+    /// writes the event loop would not hear about).
+    pub(crate) fn drive_from_event_loop(&self) -> Result<()> {
+        if self.reactor.get().is_some() || !self.config.router.is_empty() {
+            return Err(Error::Usage(
+                "only a client without handlers can be driven by an event loop".into(),
+            ));
+        }
+        if !self.loop_driven.swap(true, Ordering::AcqRel) {
+            self.blocking_reads.store(false, Ordering::Release);
+            self.stream.set_blocking(false)?;
+        }
+        Ok(())
+    }
+
+    /// True when the program's event loop drives this connection.
+    pub(crate) fn is_loop_driven(&self) -> bool {
+        self.loop_driven.load(Ordering::Acquire)
     }
 
     /// Hands this connection to `reactor` (once); from then on the reactor reads.
@@ -240,7 +270,8 @@ impl Conn {
         }
         match self.flush_locked(&mut w) {
             Ok(true) => Ok(()),
-            Ok(false) if self.reactor.get().is_some() => Ok(()),
+            // The reactor or the event loop finishes the write when the socket has room.
+            Ok(false) if self.reactor.get().is_some() || self.is_loop_driven() => Ok(()),
             Ok(false) => {
                 drop(w);
                 self.drive_writes(deadline)
@@ -337,13 +368,30 @@ impl Conn {
 
     /// The reactor saw the socket become writable.
     pub(crate) fn on_writable(&self) {
+        let _ = self.flush_now();
+    }
+
+    /// Writes what is queued (unless corked) without waiting; true when
+    /// nothing is left to write.
+    pub(crate) fn flush_now(&self) -> Result<bool> {
         let mut w = lock(&self.write);
-        if w.cork == 0 && w.pending() {
-            if let Err(e) = self.flush_locked(&mut w) {
+        if w.cork > 0 || !w.pending() {
+            return Ok(!w.pending());
+        }
+        match self.flush_locked(&mut w) {
+            Ok(done) => Ok(done),
+            Err(e) => {
                 drop(w);
-                self.close(Error::ConnectionLost(format!("write failed: {e}")));
+                let err = Error::ConnectionLost(format!("write failed: {e}"));
+                self.close(err.clone());
+                Err(err)
             }
         }
+    }
+
+    /// True when bytes wait for the socket to take them.
+    pub(crate) fn wants_write(&self) -> bool {
+        lock(&self.write).pending()
     }
 
     /// Writes what is queued, waiting up to `timeout` (used before a graceful close).
@@ -366,6 +414,16 @@ impl Conn {
         self.read_wanted.store(true, Ordering::SeqCst);
         if let Ok(guard) = self.read.try_lock() {
             self.pump(guard, false);
+        }
+    }
+
+    /// The event loop saw the socket become readable: reads what is there
+    /// without waiting and processes it (completions run on this thread).
+    pub(crate) fn read_now(self: &Arc<Self>) -> Result<()> {
+        self.on_readable();
+        match lock(&self.pending).closed_reason() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -664,6 +722,9 @@ impl Conn {
 
     /// Asks the reactor to enforce this connection's call deadlines (once).
     pub(crate) fn watch_deadlines(self: &Arc<Self>) {
+        if self.is_loop_driven() {
+            return; // the event loop calls expire_due itself
+        }
         if !self.deadlines_watched.swap(true, Ordering::AcqRel) {
             if let Some(r) = self.reactor.get() {
                 r.watch_deadlines(Arc::downgrade(self));

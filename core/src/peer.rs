@@ -208,6 +208,51 @@ impl Peer {
         self.conn.pending_calls()
     }
 
+    /// Hands this connection's I/O to the program's own event loop (asyncio,
+    /// libuv, epoll...), which from then on must:
+    /// - call [`Peer::read_ready`] when [`Peer::fd`] is readable;
+    /// - call [`Peer::flush`] after its calls (or an `uncork`) and, while
+    ///   [`Peer::wants_write`], again whenever the fd is writable;
+    /// - call [`Peer::expire_calls`] at the deadline it returns, so that
+    ///   call timeouts fire.
+    ///
+    /// Nothing then blocks or starts a thread: completion callbacks
+    /// ([`PendingCall::on_complete`]) run inside `read_ready` and
+    /// `expire_calls`, on the loop's thread. Only a client without handlers
+    /// qualifies; anything else fails with [`Error::Usage`].
+    pub fn drive_from_event_loop(&self) -> Result<()> {
+        self.conn.drive_from_event_loop()
+    }
+
+    /// The socket's file descriptor (for an event loop to watch).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.conn.fd()
+    }
+
+    /// Reads what the socket holds, without waiting, and processes it:
+    /// replies complete their calls, requests are answered. Fails once the
+    /// connection is closed (every pending call has then failed too).
+    pub fn read_ready(&self) -> Result<()> {
+        self.conn.read_now()
+    }
+
+    /// Writes what is queued without waiting; `Ok(true)` when all of it is
+    /// written, `Ok(false)` when the socket is full or the connection corked.
+    pub fn flush(&self) -> Result<bool> {
+        self.conn.flush_now()
+    }
+
+    /// True while queued bytes wait for the socket to take them.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Fails the calls whose deadline is `now` or earlier with
+    /// [`Error::Timeout`]; returns the next deadline of a call in flight.
+    pub fn expire_calls(&self, now: Instant) -> Option<Instant> {
+        self.conn.expire_due(now)
+    }
+
     /// Forgets the call `msgid` if it is still pending: its reply, if one comes,
     /// is ignored and its completion callback never runs. For calls whose
     /// [`PendingCall`] was handed to [`PendingCall::on_complete`] and whose
@@ -287,6 +332,9 @@ impl PendingCall {
     /// Makes sure some thread reads the reply and enforces the deadline even
     /// when nobody waits on the handle.
     fn drive_in_background(&mut self) -> Result<()> {
+        if self.conn.is_loop_driven() {
+            return Ok(()); // the program's event loop reads and times out
+        }
         if self.conn.reactor().is_none() {
             self.conn.attach_reactor(&ReactorHandle::client_reactor()?);
         }

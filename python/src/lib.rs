@@ -3,6 +3,8 @@
 //! The public API is the `foorpc` package (pysrc/foorpc), which re-exports
 //! and extends these classes.
 
+mod aio_client;
+mod aio_future;
 mod client;
 mod convert;
 mod errors;
@@ -13,7 +15,11 @@ mod _native {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::client::{CancelOnDone, Client, Completions, Peer};
+    use crate::aio_client::{AsyncClient, LoopDriver};
+    #[pymodule_export]
+    use crate::aio_future::{CallFuture, Completions};
+    #[pymodule_export]
+    use crate::client::{Client, Peer};
     #[pymodule_export]
     use crate::server::{Responder, ServerCore};
 

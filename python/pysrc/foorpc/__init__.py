@@ -8,7 +8,7 @@ Blocking client::
 asyncio client::
 
     client = await foorpc.AsyncClient.connect("tcp://127.0.0.1:5555")
-    await client.call("add", 1, 2)
+    await client.call("add", 1, 2)   # a CallFuture: gather, wait_for, create_task...
 
 Server::
 
@@ -33,11 +33,12 @@ from ._errors import ConnectionLostError, RemoteError, RpcError, RpcTimeoutError
 from ._types import ExtType, Float32
 from ._native import MAX_DEPTH, Peer, Responder, __version__
 from ._client import Client
-from ._aio import AsyncClient
+from ._aio import AsyncClient, CallFuture
 from ._server import Server
 
 __all__ = [
     "AsyncClient",
+    "CallFuture",
     "Client",
     "ConnectionLostError",
     "ExtType",

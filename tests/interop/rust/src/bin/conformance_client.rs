@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use foorpc::{Client, Error, Execution, Router, Value};
 
 type CaseResult = Result<(), String>;
+/// A named conformance case, run against the server at the given address.
+type Case = (&'static str, fn(&str) -> CaseResult);
 
-const CASES: &[(&str, fn(&str) -> CaseResult)] = &[
+const CASES: &[Case] = &[
     ("empty_call", empty_call),
     ("add", add),
     ("echo_each_type", echo_each_type),
@@ -26,7 +28,7 @@ const CASES: &[(&str, fn(&str) -> CaseResult)] = &[
 
 fn main() {
     let args = foorpc_interop::parse_args("conformance_client");
-    let selected: Vec<&(&str, fn(&str) -> CaseResult)> = match &args.cases {
+    let selected: Vec<&Case> = match &args.cases {
         None => CASES.iter().collect(),
         Some(names) => names
             .iter()

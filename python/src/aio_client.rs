@@ -1,0 +1,398 @@
+//! The native half of `foorpc.AsyncClient`: calls from asyncio, with the
+//! connection driven by the event loop itself.
+//!
+//! A client without handlers hands its socket to the loop that first calls
+//! it (`loop.add_reader`): replies are read and their tasks woken inside the
+//! loop's own reader callback, with no I/O thread, no GIL hand-off and no
+//! wake-up through the loop's self-pipe. The calls of one loop iteration are
+//! corked and leave in one write; a timer per client enforces call timeouts.
+//! A client with handlers (the server may call it at any time, and handlers
+//! may answer from worker threads) keeps foorpc's I/O thread, which hands
+//! outcomes to the loop in batches (see `Completions`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::aio_future::{start_call, CallFuture, Completions};
+use crate::client::{notify, timeout_arg, Connection};
+use crate::errors;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The running event loop of this thread (RuntimeError when there is none).
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let f = GET_RUNNING_LOOP.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
+    })?;
+    f.bind(py).call0()
+}
+
+/// The armed timeout timer: its handle and when it fires.
+struct Timer {
+    handle: Option<Py<PyAny>>,
+    at: Option<Instant>,
+}
+
+/// One client's link to one event loop.
+#[pyclass(module = "foorpc._native", frozen)]
+pub struct LoopDriver {
+    peer: foorpc::Peer,
+    event_loop: Py<PyAny>,
+    completions: Py<Completions>,
+    /// The loop reads the socket (else foorpc's I/O thread does).
+    reads: bool,
+    /// Calls of this loop iteration are held back for one write.
+    corked: AtomicBool,
+    writer_added: AtomicBool,
+    detached: AtomicBool,
+    timer: Mutex<Timer>,
+}
+
+impl LoopDriver {
+    /// Links `peer` to `event_loop`, handing it the socket when it can.
+    fn attach(
+        py: Python<'_>,
+        peer: &foorpc::Peer,
+        event_loop: &Bound<'_, PyAny>,
+        serves: bool,
+    ) -> PyResult<Py<LoopDriver>> {
+        let cst = event_loop.getattr("call_soon_threadsafe")?;
+        let completions = Py::new(py, Completions::new(cst.unbind()))?;
+        let reads = !serves;
+        let driver = Py::new(
+            py,
+            LoopDriver {
+                peer: peer.clone(),
+                event_loop: event_loop.clone().unbind(),
+                completions,
+                reads,
+                corked: AtomicBool::new(false),
+                writer_added: AtomicBool::new(false),
+                detached: AtomicBool::new(false),
+                timer: Mutex::new(Timer {
+                    handle: None,
+                    at: None,
+                }),
+            },
+        )?;
+        if reads {
+            // The reader is registered before the loop takes over, so no
+            // reply can be missed; until then nothing was waiting for one.
+            let on_readable = driver.bind(py).getattr("_on_readable")?;
+            event_loop.call_method1("add_reader", (peer.fd(), on_readable))?;
+            if let Err(e) = peer.drive_from_event_loop() {
+                let _ = event_loop.call_method1("remove_reader", (peer.fd(),));
+                return Err(errors::Error(e).into());
+            }
+        }
+        Ok(driver)
+    }
+
+    /// Holds this iteration's calls back; the loop's next pass writes them.
+    fn cork_iteration(this: &Bound<'_, LoopDriver>) -> PyResult<()> {
+        let d = this.get();
+        if !d.corked.swap(true, Ordering::AcqRel) {
+            d.peer.cork();
+            let uncork = this.getattr("_uncork")?;
+            if let Err(e) = d.event_loop.call_method1(this.py(), "call_soon", (uncork,)) {
+                d.corked.store(false, Ordering::Release);
+                d.peer.uncork();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a cork: writes, and watches for room when the socket is full.
+    fn end_cork(this: &Bound<'_, LoopDriver>) -> PyResult<()> {
+        let d = this.get();
+        d.corked.store(false, Ordering::Release);
+        d.peer.uncork();
+        d.watch_writes(this)
+    }
+
+    fn watch_writes(&self, this: &Bound<'_, LoopDriver>) -> PyResult<()> {
+        if self.reads
+            && self.peer.wants_write()
+            && !self.peer.is_closed()
+            && !self.writer_added.swap(true, Ordering::AcqRel)
+        {
+            let on_writable = this.getattr("_on_writable")?;
+            self.event_loop
+                .call_method1(this.py(), "add_writer", (self.peer.fd(), on_writable))?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the timer fires by `deadline` (calls driven by this loop only).
+    fn arm_timer(this: &Bound<'_, LoopDriver>, deadline: Instant) -> PyResult<()> {
+        let d = this.get();
+        let mut t = lock(&d.timer);
+        if t.at.is_some_and(|at| at <= deadline) {
+            return Ok(());
+        }
+        if let Some(old) = t.handle.take() {
+            old.call_method0(this.py(), "cancel")?;
+        }
+        let delay = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        let on_timer = this.getattr("_on_timer")?;
+        let handle = d
+            .event_loop
+            .call_method1(this.py(), "call_later", (delay, on_timer))?;
+        t.handle = Some(handle);
+        t.at = Some(deadline);
+        Ok(())
+    }
+
+    /// Runs `io` (which may complete calls) inside one cork, then resolves
+    /// the completed futures right here: this is a loop callback.
+    fn deliver(
+        this: &Bound<'_, LoopDriver>,
+        io: impl FnOnce(&foorpc::Peer) -> bool,
+    ) -> PyResult<()> {
+        let d = this.get();
+        let corks = !d.corked.swap(true, Ordering::AcqRel);
+        if corks {
+            d.peer.cork();
+        }
+        d.completions.get().claim();
+        let open = io(&d.peer);
+        let drained = d.completions.get().drain(this.py());
+        let uncorked = if corks {
+            LoopDriver::end_cork(this)
+        } else {
+            Ok(())
+        };
+        if !open {
+            LoopDriver::detach(this);
+        }
+        drained.and(uncorked)
+    }
+
+    /// Stops watching the socket (the connection is closed or moves to another loop).
+    fn detach(this: &Bound<'_, LoopDriver>) {
+        let d = this.get();
+        if d.detached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let py = this.py();
+        if let Some(h) = lock(&d.timer).handle.take() {
+            let _ = h.call_method0(py, "cancel");
+        }
+        if d.reads {
+            let fd = d.peer.fd();
+            let _ = d.event_loop.call_method1(py, "remove_reader", (fd,));
+            if d.writer_added.swap(false, Ordering::AcqRel) {
+                let _ = d.event_loop.call_method1(py, "remove_writer", (fd,));
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl LoopDriver {
+    fn _uncork(slf: &Bound<'_, Self>) -> PyResult<()> {
+        LoopDriver::end_cork(slf)
+    }
+
+    fn _on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        LoopDriver::deliver(slf, |peer| peer.read_ready().is_ok())
+    }
+
+    fn _on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let d = slf.get();
+        match d.peer.flush() {
+            Ok(false) => Ok(()),
+            done => {
+                if d.writer_added.swap(false, Ordering::AcqRel) {
+                    d.event_loop
+                        .call_method1(slf.py(), "remove_writer", (d.peer.fd(),))?;
+                }
+                if done.is_err() {
+                    // Failing the calls queued them for the next loop pass.
+                    LoopDriver::detach(slf);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn _on_timer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut t = lock(&slf.get().timer);
+            t.handle = None;
+            t.at = None;
+        }
+        let mut next = None;
+        LoopDriver::deliver(slf, |peer| {
+            next = peer.expire_calls(Instant::now());
+            !peer.is_closed()
+        })?;
+        match next {
+            Some(at) if !slf.get().detached.load(Ordering::Acquire) => {
+                LoopDriver::arm_timer(slf, at)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An asyncio client (public class: `foorpc.AsyncClient`, which adds
+/// `connect`, attribute stubs and `async with`).
+#[pyclass(module = "foorpc._native", subclass, frozen)]
+pub struct AsyncClient {
+    conn: Connection,
+    /// The server may call this client (it has handlers).
+    serves: bool,
+    driver: Mutex<Option<Py<LoopDriver>>>,
+}
+
+impl AsyncClient {
+    /// The driver for the running loop, linking this client to it on first use.
+    fn driver<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LoopDriver>> {
+        let event_loop = running_loop(py)?;
+        let mut slot = lock(&self.driver);
+        if let Some(d) = slot.as_ref() {
+            if d.get().event_loop.is(&event_loop) {
+                return Ok(d.bind(py).clone());
+            }
+            let old = d.bind(py);
+            let old_loop = old.get().event_loop.bind(py);
+            let in_use = old.get().reads
+                && !old_loop.call_method0("is_closed")?.is_truthy()?
+                && old_loop.call_method0("is_running")?.is_truthy()?;
+            if in_use && !self.conn.closed() {
+                return Err(PyRuntimeError::new_err(
+                    "this AsyncClient is driven by another running event loop; \
+                     make one client per event loop",
+                ));
+            }
+            LoopDriver::detach(old);
+        }
+        let peer = self.conn.peer()?;
+        let d = LoopDriver::attach(py, peer, &event_loop, self.serves)?;
+        *slot = Some(d.clone_ref(py));
+        Ok(d.into_bound(py))
+    }
+}
+
+#[pymethods]
+impl AsyncClient {
+    #[new]
+    #[pyo3(
+        signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None),
+        text_signature = "(address, *, connect_timeout=10.0, timeout=30.0, handlers=None, notification_handlers=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        address: String,
+        connect_timeout: f64,
+        timeout: Option<f64>,
+        handlers: Option<&Bound<'_, PyDict>>,
+        notification_handlers: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let serves = handlers.is_some_and(|h| !h.is_empty())
+            || notification_handlers.is_some_and(|h| !h.is_empty());
+        Ok(AsyncClient {
+            conn: Connection::open(
+                py,
+                address,
+                connect_timeout,
+                timeout,
+                handlers,
+                notification_handlers,
+            )?,
+            serves,
+            driver: Mutex::new(None),
+        })
+    }
+
+    /// Calls ``method(*params)``; returns an awaitable future of the running
+    /// loop. ``timeout`` as in `Client.call`. Cancelling it forgets the call.
+    #[pyo3(signature = (method, *params, timeout = None))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        params: &Bound<'_, PyTuple>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<CallFuture>> {
+        let peer = self.conn.peer()?;
+        let driver = self.driver(py)?;
+        let timeout = timeout_arg(timeout, self.conn.default_timeout)?;
+        LoopDriver::cork_iteration(&driver)?;
+        let d = driver.get();
+        let fut = start_call(
+            py,
+            peer,
+            &d.completions,
+            &d.event_loop,
+            method,
+            params,
+            timeout,
+        )?;
+        if let (true, Some(t)) = (d.reads, timeout) {
+            LoopDriver::arm_timer(&driver, Instant::now() + t)?;
+        }
+        Ok(fut)
+    }
+
+    /// Sends the notification ``method(*params)`` (queued at once; does not wait).
+    #[pyo3(signature = (method, *params))]
+    fn notify(&self, py: Python<'_>, method: &str, params: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let peer = self.conn.peer()?;
+        if running_loop(py).is_ok() {
+            // Leaves with this iteration's calls.
+            LoopDriver::cork_iteration(&self.driver(py)?)?;
+        }
+        notify(py, peer, method, params)
+    }
+
+    /// Closes the connection; pending calls fail with ConnectionLostError.
+    fn _close(&self, py: Python<'_>) {
+        self.conn.close();
+        if let Some(d) = lock(&self.driver).as_ref() {
+            let d = d.bind(py);
+            if running_loop(py).is_ok_and(|l| l.is(&d.get().event_loop)) {
+                LoopDriver::detach(d);
+            }
+            // Elsewhere the reader sees the closed socket and detaches itself.
+        }
+    }
+
+    /// True once the connection is closed (by either side).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.conn.closed()
+    }
+
+    /// Calls waiting for their reply.
+    #[getter]
+    fn pending_calls(&self) -> PyResult<usize> {
+        Ok(self.conn.peer()?.pending_calls())
+    }
+
+    /// The address given to the constructor.
+    #[getter]
+    fn address(&self) -> &str {
+        &self.conn.address
+    }
+
+    /// The default call timeout in seconds (None: no timeout).
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        self.conn.timeout_secs()
+    }
+}

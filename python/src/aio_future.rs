@@ -1,0 +1,462 @@
+//! `CallFuture`, the awaitable of an asyncio call, and `Completions`, which
+//! resolves those futures on their event loop in batches.
+//!
+//! Why not `asyncio.Future`: a Task waiting on one is woken through
+//! `loop.call_soon`, one handle and one loop pass per call, which alone caps
+//! an asyncio client far below the wire's rate. `CallFuture` speaks the
+//! protocol asyncio defines for future-compatible objects
+//! (`_asyncio_future_blocking`, `add_done_callback`, `get_loop`, ...), so
+//! Tasks, `gather`, `wait_for` and `shield` accept it; and it runs its done
+//! callbacks as soon as its reply is delivered, in the callback's context.
+//! That delivery only ever happens from a callback the loop itself runs (the
+//! socket's reader, a timer, a `call_soon` drain), never inside a task, so a
+//! woken task steps exactly as if the loop had called it. It also has `send`,
+//! `throw` and `close`, so `asyncio.create_task(client.call(...))` works.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use foorpc::Value;
+use pyo3::exceptions::asyncio::{CancelledError, InvalidStateError};
+use pyo3::exceptions::{PyException, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::convert;
+use crate::errors::Error;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Outcome {
+    Pending,
+    Value(Py<PyAny>),
+    /// An exception instance.
+    Error(Py<PyAny>),
+    /// Cancelled, with the message given to `cancel()`.
+    Cancelled(Option<Py<PyAny>>),
+}
+
+/// A done callback and the `contextvars.Context` it runs in.
+type Callback = (Py<PyAny>, Option<Py<PyAny>>);
+
+struct FutureState {
+    outcome: Outcome,
+    callbacks: Vec<Callback>,
+}
+
+/// The awaitable result of one asyncio call (a future of its event loop).
+///
+/// `await` it, or hand it to `asyncio.gather`, `wait_for`, `shield` or
+/// `create_task`. Cancelling it forgets the call: a late reply is ignored.
+#[pyclass(module = "foorpc._native", frozen)]
+pub struct CallFuture {
+    event_loop: Py<PyAny>,
+    blocking: AtomicBool,
+    state: Mutex<FutureState>,
+    /// The call to forget when the future is cancelled.
+    call: Option<(foorpc::Peer, u32)>,
+}
+
+impl CallFuture {
+    pub fn new(event_loop: Py<PyAny>, call: Option<(foorpc::Peer, u32)>) -> CallFuture {
+        CallFuture {
+            event_loop,
+            blocking: AtomicBool::new(false),
+            state: Mutex::new(FutureState {
+                outcome: Outcome::Pending,
+                callbacks: Vec::new(),
+            }),
+            call,
+        }
+    }
+
+    /// Sets the call's outcome and runs the done callbacks right here (see
+    /// the module docs for why that is safe: the caller is a loop callback).
+    fn resolve(this: &Bound<'_, CallFuture>, outcome: foorpc::Result<Value>) -> PyResult<()> {
+        let py = this.py();
+        let fut = this.get();
+        if !matches!(lock(&fut.state).outcome, Outcome::Pending) {
+            return Ok(()); // cancelled meanwhile
+        }
+        let outcome = match outcome.map_err(Error) {
+            Ok(v) => match convert::result_to_py(py, v) {
+                Ok(obj) => Outcome::Value(obj.unbind()),
+                Err(e) => Outcome::Error(e.into_value(py).into_any()),
+            },
+            Err(e) => Outcome::Error(PyErr::from(e).into_value(py).into_any()),
+        };
+        let callbacks = {
+            let mut st = lock(&fut.state);
+            if !matches!(st.outcome, Outcome::Pending) {
+                return Ok(());
+            }
+            st.outcome = outcome;
+            std::mem::take(&mut st.callbacks)
+        };
+        for (callback, context) in callbacks {
+            let ran = match &context {
+                Some(ctx) => ctx.call_method1(py, "run", (&callback, this)),
+                None => callback.call1(py, (this,)),
+            };
+            if let Err(err) = ran {
+                fut.report(py, err, &callback)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands an exception raised by a done callback to the loop's exception
+    /// handler, as asyncio does; KeyboardInterrupt and SystemExit propagate.
+    fn report(&self, py: Python<'_>, err: PyErr, callback: &Py<PyAny>) -> PyResult<()> {
+        if !err.is_instance_of::<PyException>(py) {
+            return Err(err);
+        }
+        let context = PyDict::new(py);
+        let text = callback
+            .bind(py)
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        context.set_item("message", format!("Exception in callback {text}"))?;
+        context.set_item("exception", err.into_value(py))?;
+        self.event_loop
+            .call_method1(py, "call_exception_handler", (context,))?;
+        Ok(())
+    }
+
+    /// Schedules callbacks the way asyncio.Future does (used when the
+    /// future completes outside a loop callback: cancel, late registration).
+    fn schedule(&self, this: &Bound<'_, CallFuture>, callbacks: Vec<Callback>) -> PyResult<()> {
+        let py = this.py();
+        for (callback, context) in callbacks {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("context", context)?;
+            self.event_loop
+                .call_method(py, "call_soon", (callback, this), Some(&kwargs))?;
+        }
+        Ok(())
+    }
+
+    fn is_done(&self) -> bool {
+        !matches!(lock(&self.state).outcome, Outcome::Pending)
+    }
+
+    /// The outcome as a Python result (`result()` semantics).
+    fn outcome(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &lock(&self.state).outcome {
+            Outcome::Pending => Err(InvalidStateError::new_err("Result is not set.")),
+            Outcome::Value(v) => Ok(v.clone_ref(py)),
+            Outcome::Error(e) => Err(PyErr::from_value(e.bind(py).clone())),
+            Outcome::Cancelled(msg) => Err(cancelled_error(py, msg.as_ref())),
+        }
+    }
+
+    /// Forgets the call and marks the future cancelled; false if it was done.
+    fn cancel_with(this: &Bound<'_, CallFuture>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+        let fut = this.get();
+        let callbacks = {
+            let mut st = lock(&fut.state);
+            if !matches!(st.outcome, Outcome::Pending) {
+                return Ok(false);
+            }
+            st.outcome = Outcome::Cancelled(msg);
+            std::mem::take(&mut st.callbacks)
+        };
+        if let Some((peer, msgid)) = &fut.call {
+            peer.cancel(*msgid);
+        }
+        fut.schedule(this, callbacks)?;
+        Ok(true)
+    }
+}
+
+fn cancelled_error(py: Python<'_>, msg: Option<&Py<PyAny>>) -> PyErr {
+    match msg {
+        Some(m) => CancelledError::new_err((m.clone_ref(py),)),
+        None => CancelledError::new_err(()),
+    }
+}
+
+#[pymethods]
+impl CallFuture {
+    /// Part of asyncio's protocol for future-compatible objects.
+    #[getter(_asyncio_future_blocking)]
+    fn get_blocking(&self) -> bool {
+        self.blocking.load(Ordering::Relaxed)
+    }
+
+    #[setter(_asyncio_future_blocking)]
+    fn set_blocking(&self, value: bool) {
+        self.blocking.store(value, Ordering::Relaxed);
+    }
+
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.event_loop.clone_ref(py)
+    }
+
+    fn done(&self) -> bool {
+        self.is_done()
+    }
+
+    fn cancelled(&self) -> bool {
+        matches!(lock(&self.state).outcome, Outcome::Cancelled(_))
+    }
+
+    /// The call's result; raises its error, CancelledError, or
+    /// InvalidStateError while it is pending.
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.outcome(py)
+    }
+
+    /// The call's exception (None if it succeeded).
+    fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &lock(&self.state).outcome {
+            Outcome::Pending => Err(InvalidStateError::new_err("Exception is not set.")),
+            Outcome::Value(_) => Ok(None),
+            Outcome::Error(e) => Ok(Some(e.clone_ref(py))),
+            Outcome::Cancelled(msg) => Err(cancelled_error(py, msg.as_ref())),
+        }
+    }
+
+    #[pyo3(signature = (callback, *, context = None))]
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        callback: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let fut = slf.get();
+        {
+            let mut st = lock(&fut.state);
+            if matches!(st.outcome, Outcome::Pending) {
+                st.callbacks.push((callback, context));
+                return Ok(());
+            }
+        }
+        fut.schedule(slf, vec![(callback, context)])
+    }
+
+    /// Removes every registration of `callback`; returns how many.
+    fn remove_done_callback(&self, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let registered = std::mem::take(&mut lock(&self.state).callbacks);
+        let mut kept = Vec::with_capacity(registered.len());
+        let mut removed = 0;
+        for (cb, ctx) in registered {
+            if cb.bind(callback.py()).eq(callback)? {
+                removed += 1;
+            } else {
+                kept.push((cb, ctx));
+            }
+        }
+        let mut st = lock(&self.state);
+        kept.append(&mut st.callbacks);
+        st.callbacks = kept;
+        Ok(removed)
+    }
+
+    /// Cancels the future and forgets the call; false if it was done.
+    #[pyo3(signature = (msg = None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+        CallFuture::cancel_with(slf, msg)
+    }
+
+    /// The message given to `cancel()` (read by `asyncio.gather`).
+    #[getter]
+    fn _cancel_message(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        match &lock(&self.state).outcome {
+            Outcome::Cancelled(msg) => msg.as_ref().map(|m| m.clone_ref(py)),
+            _ => None,
+        }
+    }
+
+    /// The CancelledError a cancelled future raises (used by `asyncio.gather`).
+    fn _make_cancelled_error(&self, py: Python<'_>) -> Py<PyAny> {
+        let msg = match &lock(&self.state).outcome {
+            Outcome::Cancelled(msg) => msg.as_ref().map(|m| m.clone_ref(py)),
+            _ => None,
+        };
+        cancelled_error(py, msg.as_ref()).into_value(py).into_any()
+    }
+
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Yields itself to the awaiting task until done, then returns the result.
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let fut = slf.get();
+        if !fut.is_done() {
+            fut.blocking.store(true, Ordering::Relaxed);
+            return Ok(Some(slf.clone().into_any().unbind()));
+        }
+        let value = fut.outcome(slf.py())?;
+        Err(PyStopIteration::new_err((value,)))
+    }
+
+    /// Coroutine protocol (so that `create_task` accepts the future).
+    fn send(slf: &Bound<'_, Self>, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        CallFuture::__next__(slf)
+    }
+
+    /// Coroutine protocol: the awaiting code gives up; the call is forgotten
+    /// and the exception raised.
+    #[pyo3(signature = (typ, val = None, _tb = None))]
+    fn throw(
+        slf: &Bound<'_, Self>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        CallFuture::cancel_with(slf, None)?;
+        let exc = match val.filter(|v| !v.is_none()) {
+            Some(v) if v.is_instance_of::<pyo3::exceptions::PyBaseException>() => v.clone(),
+            Some(v) => typ.call1((v,))?,
+            None if typ.is_instance_of::<pyo3::types::PyType>() => typ.call0()?,
+            None => typ.clone(),
+        };
+        Err(PyErr::from_value(exc))
+    }
+
+    /// Coroutine protocol: forgets the call if it is still pending.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        CallFuture::cancel_with(slf, None)?;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> &'static str {
+        match lock(&self.state).outcome {
+            Outcome::Pending => "<foorpc.CallFuture pending>",
+            Outcome::Value(_) => "<foorpc.CallFuture finished>",
+            Outcome::Error(_) => "<foorpc.CallFuture failed>",
+            Outcome::Cancelled(_) => "<foorpc.CallFuture cancelled>",
+        }
+    }
+}
+
+type Completed = (Py<CallFuture>, foorpc::Result<Value>);
+
+struct Queue {
+    items: Vec<Completed>,
+    /// A drain is scheduled or running: pushes need not schedule another.
+    draining: bool,
+}
+
+/// Delivers call outcomes to the futures of one event loop, in batches.
+///
+/// Any thread may push an outcome; only the push that finds no drain
+/// scheduled takes the GIL to schedule one with `call_soon_threadsafe`. A
+/// loop callback that is about to produce outcomes itself (the socket's
+/// reader) claims the drain first and drains right after: no scheduling, no
+/// extra loop pass.
+#[pyclass(module = "foorpc._native", frozen)]
+pub struct Completions {
+    queue: Mutex<Queue>,
+    call_soon_threadsafe: Py<PyAny>,
+}
+
+impl Completions {
+    pub fn new(call_soon_threadsafe: Py<PyAny>) -> Completions {
+        Completions {
+            queue: Mutex::new(Queue {
+                items: Vec::new(),
+                draining: false,
+            }),
+            call_soon_threadsafe,
+        }
+    }
+
+    pub fn push(this: &Py<Completions>, item: Completed) {
+        let schedule = {
+            let mut q = lock(&this.get().queue);
+            q.items.push(item);
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if schedule {
+            Python::attach(|py| {
+                // Fails only when the loop is closed: nobody is waiting any more.
+                let _ = this
+                    .get()
+                    .call_soon_threadsafe
+                    .call1(py, (this.clone_ref(py),));
+            });
+        }
+    }
+
+    /// Claims the drain for a loop callback that calls [`Completions::drain`] next.
+    pub fn claim(&self) {
+        lock(&self.queue).draining = true;
+    }
+
+    /// Resolves queued futures until the queue stays empty (on the loop).
+    pub fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            let items = {
+                let mut q = lock(&self.queue);
+                if q.items.is_empty() {
+                    q.draining = false;
+                    return Ok(());
+                }
+                std::mem::take(&mut q.items)
+            };
+            let mut items = items.into_iter();
+            while let Some((fut, outcome)) = items.next() {
+                if let Err(e) = CallFuture::resolve(fut.bind(py), outcome) {
+                    // Put back what is left so that no future is lost, then raise.
+                    let rest: Vec<Completed> = items.collect();
+                    let mut q = lock(&self.queue);
+                    let newer = std::mem::replace(&mut q.items, rest);
+                    q.items.extend(newer);
+                    q.draining = false;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Completions {
+    /// Resolves the queued futures (scheduled on the loop by `push`).
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.drain(py)
+    }
+
+    /// Outcomes queued and not yet delivered.
+    #[getter]
+    fn queued(&self) -> usize {
+        lock(&self.queue).items.len()
+    }
+}
+
+/// Starts `method(*params)` on `peer`; returns the future its outcome
+/// resolves through `completions` (which belongs to `event_loop`).
+pub fn start_call(
+    py: Python<'_>,
+    peer: &foorpc::Peer,
+    completions: &Py<Completions>,
+    event_loop: &Py<PyAny>,
+    method: &str,
+    params: &Bound<'_, PyTuple>,
+    timeout: Option<std::time::Duration>,
+) -> PyResult<Py<CallFuture>> {
+    let pending = convert::with_buffer(|buf| {
+        convert::encode_params(params, buf)?;
+        peer.call_async_encoded(method, buf, timeout)
+            .map_err(|e| PyErr::from(Error(e)))
+    })?;
+    let fut = Py::new(
+        py,
+        CallFuture::new(
+            event_loop.clone_ref(py),
+            Some((peer.clone(), pending.msgid())),
+        ),
+    )?;
+    let (target, completions) = (fut.clone_ref(py), completions.clone_ref(py));
+    pending.on_complete(move |outcome| Completions::push(&completions, (target, outcome)));
+    Ok(fut)
+}

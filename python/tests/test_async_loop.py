@@ -1,0 +1,249 @@
+"""AsyncClient driven by its event loop: the CallFuture protocol (create_task,
+gather, shield, wait_for, contextvars, callbacks), timeouts, a peer that goes
+away, writes larger than the socket buffer, and moving between loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+import foorpc
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_call_future_works_with_asyncio_helpers(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.call("add", 1, 2)
+            assert isinstance(fut, foorpc.CallFuture)
+            assert asyncio.isfuture(fut) and not fut.done()
+            assert fut.get_loop() is asyncio.get_running_loop()
+            assert await fut == 3
+            assert fut.done() and fut.result() == 3 and fut.exception() is None
+            # A finished future can be awaited again.
+            assert await fut == 3
+
+            task = asyncio.create_task(c.add(2, 2))
+            assert await task == 4
+            assert await asyncio.shield(c.add(3, 3)) == 6
+            assert await asyncio.wait_for(c.add(4, 4), 5) == 8
+            # Like a coroutine, it can be wrapped in a task (asyncio.wait takes tasks).
+            done, _ = await asyncio.wait([asyncio.create_task(c.add(5, 5)), asyncio.create_task(c.add(6, 6))])
+            assert sorted(f.result() for f in done) == [10, 12]
+
+            res = await asyncio.gather(c.add(1, 1), c.fail("x"), return_exceptions=True)
+            assert res[0] == 2 and isinstance(res[1], foorpc.RemoteError)
+
+            failing = c.fail("boom")
+            with pytest.raises(foorpc.RemoteError):
+                await failing
+            assert isinstance(failing.exception(), foorpc.RemoteError)
+
+    run(main())
+
+
+def test_pending_future_state_and_cancel_message(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.sleep_ms(2000)
+            with pytest.raises(asyncio.InvalidStateError):
+                fut.result()
+            with pytest.raises(asyncio.InvalidStateError):
+                fut.exception()
+            assert c.pending_calls == 1
+            assert fut.cancel("changed my mind")
+            assert fut.cancelled() and not fut.cancel()
+            assert c.pending_calls == 0
+            with pytest.raises(asyncio.CancelledError, match="changed my mind"):
+                await fut
+            # gather reports a cancelled child with its message.
+            other = c.sleep_ms(2000)
+            other.cancel("stop")
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.gather(other)
+
+    run(main())
+
+
+def test_task_context_is_kept_across_calls(calc: str) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+
+            async def worker(name: str) -> List[str]:
+                var.set(name)
+                seen = []
+                for i in range(20):
+                    assert await c.add(i, 1) == i + 1
+                    seen.append(var.get())
+                return seen
+
+            names = [f"task{i}" for i in range(16)]
+            results = await asyncio.gather(*(worker(n) for n in names))
+            for name, seen in zip(names, results):
+                assert seen == [name] * 20
+            assert var.get() == "unset"
+
+    run(main())
+
+
+def test_done_callbacks_run_and_errors_reach_the_loop(calc: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: List[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            seen: List[Any] = []
+
+            def bad(_f: Any) -> None:
+                raise ValueError("callback failed")
+
+            fut = c.add(1, 1)
+            fut.add_done_callback(bad)
+            fut.add_done_callback(lambda f: seen.append(f.result()))
+            removed = c.add(2, 2)
+            cb = seen.append
+            removed.add_done_callback(cb)
+            assert removed.remove_done_callback(cb) == 1
+            assert await fut == 2 and await removed == 4
+            await asyncio.sleep(0)
+            assert seen == [2]
+            assert [type(r.get("exception")) for r in reported] == [ValueError]
+            # Registered after completion: scheduled on the loop, as asyncio does.
+            fut.add_done_callback(lambda f: seen.append("late"))
+            await asyncio.sleep(0)
+            assert seen == [2, "late"]
+
+    run(main())
+
+
+def test_per_call_timeout_earlier_than_the_armed_one(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc, timeout=30) as c:
+            slow = c.sleep_ms(3000)  # arms the timer for 30 s
+            t0 = time.monotonic()
+            with pytest.raises(foorpc.RpcTimeoutError):
+                await c.sleep_ms(3000, timeout=0.2)
+            assert time.monotonic() - t0 < 2
+            assert not slow.done()
+            slow.cancel()
+            assert await c.add(1, 2) == 3
+
+    run(main())
+
+
+def test_peer_that_goes_away_fails_pending_calls() -> None:
+    async def main() -> None:
+        got_request = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            got_request.set()
+            await asyncio.sleep(0.05)
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = await foorpc.AsyncClient.connect(f"tcp://127.0.0.1:{port}")
+        calls = [c.call("anything", i) for i in range(10)]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        assert got_request.is_set()
+        assert all(isinstance(r, foorpc.ConnectionLostError) for r in results)
+        assert c.closed and c.pending_calls == 0
+        with pytest.raises(foorpc.ConnectionLostError):
+            await c.call("again")
+        # The loop is not left spinning on the dead socket.
+        t0 = time.process_time()
+        await asyncio.sleep(0.2)
+        assert time.process_time() - t0 < 0.15
+        srv.close()
+        await srv.wait_closed()
+
+    run(main())
+
+
+def test_requests_larger_than_the_socket_buffer(calc: str) -> None:
+    """Writes that the socket cannot take at once finish when it has room."""
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            blobs = [bytes([i]) * (3 << 20) for i in range(4)]
+            results = await asyncio.gather(*(c.echo(b) for b in blobs))
+            assert results == blobs
+            assert await c.add(1, 2) == 3
+
+    run(main())
+
+
+def test_one_client_in_successive_loops(calc: str) -> None:
+    c = foorpc.AsyncClient(calc)
+
+    async def use(i: int) -> int:
+        return int(await c.add(i, 1))
+
+    assert [asyncio.run(use(i)) for i in range(3)] == [1, 2, 3]
+    c._close()
+
+
+def test_a_client_belongs_to_one_running_loop(calc: str) -> None:
+    c = foorpc.AsyncClient(calc)
+    started = threading.Event()
+    release = threading.Event()
+
+    async def hold() -> None:
+        assert await c.add(1, 1) == 2
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    t = threading.Thread(target=asyncio.run, args=(hold(),))
+    t.start()
+    try:
+        assert started.wait(5)
+
+        async def other() -> None:
+            with pytest.raises(RuntimeError, match="one client per event loop"):
+                c.call("add", 1, 1)
+
+        asyncio.run(other())
+    finally:
+        release.set()
+        t.join(5)
+    c._close()
+
+
+def test_client_with_handlers_keeps_the_io_thread() -> None:
+    """With handlers, the server may call the client while it waits."""
+    server = foorpc.Server()
+
+    @server.method
+    def ask(peer: foorpc.Peer, x: int) -> Any:
+        return peer.call("double", x) + 1
+
+    @server.method
+    def slow() -> None:
+        time.sleep(1)
+
+    addr = server.bind("tcp://127.0.0.1:0")
+    server.start()
+    try:
+
+        async def main() -> None:
+            c = await foorpc.AsyncClient.connect(addr, handlers={"double": lambda x: 2 * x}, timeout=5)
+            async with c:
+                assert await asyncio.gather(*(c.ask(i) for i in range(50))) == [2 * i + 1 for i in range(50)]
+                with pytest.raises(foorpc.RpcTimeoutError):
+                    await c.call("slow", timeout=0.1)
+
+        run(main())
+    finally:
+        server.shutdown()
