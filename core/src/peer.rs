@@ -279,6 +279,11 @@ impl PendingCall {
         self.msgid
     }
 
+    /// When the call times out (None: never).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// Blocks until the reply arrives or the call's timeout passes.
     pub fn wait(mut self) -> Result<Value> {
         self.finished = true;

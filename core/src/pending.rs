@@ -4,6 +4,7 @@
 //! blocked in a synchronous call, a `Future`'s waker, or a completion callback.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -199,8 +200,33 @@ impl CallSlot {
 }
 
 /// The in-flight table of one connection.
+/// Hashes msgids with one multiplication (Fibonacci hashing).
+///
+/// The table only ever holds msgids this side allocated, one after the
+/// other, so the flooding that SipHash (std's default) defends against
+/// cannot happen: a peer that answers with made-up msgids only looks up
+/// keys, it cannot insert them. std has no such hasher for integer keys.
+#[derive(Default)]
+pub(crate) struct MsgidHasher(u64);
+
+impl Hasher for MsgidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 pub(crate) struct Pending {
-    calls: HashMap<u32, Arc<CallSlot>>,
+    calls: HashMap<u32, Arc<CallSlot>, BuildHasherDefault<MsgidHasher>>,
     /// Deadlines of the calls above, earliest first, for expiry by a reactor.
     deadlines: BTreeSet<(Instant, u32)>,
     next_id: u32,
@@ -211,7 +237,7 @@ pub(crate) struct Pending {
 impl Pending {
     pub(crate) fn new(max: usize) -> Pending {
         Pending {
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             deadlines: BTreeSet::new(),
             next_id: 0,
             max,

@@ -29,6 +29,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+thread_local! {
+    /// The driver whose loop callback runs on this thread right now. A call
+    /// made meanwhile (by a task that callback woke) is on that driver's
+    /// loop, so it need not ask asyncio, whose `get_running_loop` costs a
+    /// getpid() system call per call on Python 3.11.
+    static DELIVERING: std::cell::Cell<*const LoopDriver> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Marks `driver` as delivering on this thread until dropped.
+struct Delivering(*const LoopDriver);
+
+impl Delivering {
+    fn enter(driver: &LoopDriver) -> Delivering {
+        Delivering(DELIVERING.with(|d| d.replace(driver)))
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        DELIVERING.with(|d| d.set(self.0));
+    }
+}
+
 /// The running event loop of this thread (RuntimeError when there is none).
 pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     let f = GET_RUNNING_LOOP.get_or_try_init(py, || {
@@ -169,7 +192,9 @@ impl LoopDriver {
         }
         d.completions.get().claim();
         let open = io(&d.peer);
+        let delivering = Delivering::enter(d);
         let drained = d.completions.get().drain(this.py());
+        drop(delivering);
         let uncorked = if corks {
             LoopDriver::end_cork(this)
         } else {
@@ -262,6 +287,11 @@ pub struct AsyncClient {
 impl AsyncClient {
     /// The driver for the running loop, linking this client to it on first use.
     fn driver<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LoopDriver>> {
+        if let Some(d) = lock(&self.driver).as_ref() {
+            if DELIVERING.with(|p| std::ptr::eq(p.get(), d.get())) {
+                return Ok(d.bind(py).clone());
+            }
+        }
         let event_loop = running_loop(py)?;
         let mut slot = lock(&self.driver);
         if let Some(d) = slot.as_ref() {
@@ -334,7 +364,7 @@ impl AsyncClient {
         let timeout = timeout_arg(timeout, self.conn.default_timeout)?;
         LoopDriver::cork_iteration(&driver)?;
         let d = driver.get();
-        let fut = start_call(
+        let (fut, deadline) = start_call(
             py,
             peer,
             &d.completions,
@@ -343,8 +373,8 @@ impl AsyncClient {
             params,
             timeout,
         )?;
-        if let (true, Some(t)) = (d.reads, timeout) {
-            LoopDriver::arm_timer(&driver, Instant::now() + t)?;
+        if let (true, Some(deadline)) = (d.reads, deadline) {
+            LoopDriver::arm_timer(&driver, deadline)?;
         }
         Ok(fut)
     }

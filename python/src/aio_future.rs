@@ -20,6 +20,7 @@ use foorpc::Value;
 use pyo3::exceptions::asyncio::{CancelledError, InvalidStateError};
 use pyo3::exceptions::{PyException, PyStopIteration};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::convert;
@@ -97,7 +98,7 @@ impl CallFuture {
         };
         for (callback, context) in callbacks {
             let ran = match &context {
-                Some(ctx) => ctx.call_method1(py, "run", (&callback, this)),
+                Some(ctx) => context_run(py)?.call1(py, (ctx, &callback, this)),
                 None => callback.call1(py, (this,)),
             };
             if let Err(err) = ran {
@@ -170,6 +171,20 @@ impl CallFuture {
         fut.schedule(this, callbacks)?;
         Ok(true)
     }
+}
+
+static CONTEXT_RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `contextvars.Context.run`, unbound: calling it with the context first
+/// spares a bound-method object per callback.
+fn context_run(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    CONTEXT_RUN.get_or_try_init(py, || {
+        Ok(py
+            .import("contextvars")?
+            .getattr("Context")?
+            .getattr("run")?
+            .unbind())
+    })
 }
 
 fn cancelled_error(py: Python<'_>, msg: Option<&Py<PyAny>>) -> PyErr {
@@ -434,7 +449,8 @@ impl Completions {
 }
 
 /// Starts `method(*params)` on `peer`; returns the future its outcome
-/// resolves through `completions` (which belongs to `event_loop`).
+/// resolves through `completions` (which belongs to `event_loop`), and the
+/// call's deadline.
 pub fn start_call(
     py: Python<'_>,
     peer: &foorpc::Peer,
@@ -443,7 +459,7 @@ pub fn start_call(
     method: &str,
     params: &Bound<'_, PyTuple>,
     timeout: Option<std::time::Duration>,
-) -> PyResult<Py<CallFuture>> {
+) -> PyResult<(Py<CallFuture>, Option<std::time::Instant>)> {
     let pending = convert::with_buffer(|buf| {
         convert::encode_params(params, buf)?;
         peer.call_async_encoded(method, buf, timeout)
@@ -456,7 +472,8 @@ pub fn start_call(
             Some((peer.clone(), pending.msgid())),
         ),
     )?;
+    let deadline = pending.deadline();
     let (target, completions) = (fut.clone_ref(py), completions.clone_ref(py));
     pending.on_complete(move |outcome| Completions::push(&completions, (target, outcome)));
-    Ok(fut)
+    Ok((fut, deadline))
 }

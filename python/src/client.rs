@@ -335,7 +335,7 @@ impl Peer {
         let event_loop = running_loop(py)?;
         let cst = event_loop.getattr("call_soon_threadsafe")?;
         let completions = Py::new(py, Completions::new(cst.unbind()))?;
-        start_call(
+        let (fut, _deadline) = start_call(
             py,
             peer,
             &completions,
@@ -343,7 +343,8 @@ impl Peer {
             &method,
             params,
             timeout,
-        )
+        )?;
+        Ok(fut)
     }
 
     /// Sends the notification `method(*params)` to the peer.
