@@ -78,13 +78,20 @@ pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), D
     if array && !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
         return Err(invalid("params must be one MessagePack array"));
     }
-    // The value travels inside the message array: one level less is left.
-    let inner = Limits {
-        max_depth: limits.max_depth.saturating_sub(1),
-        ..limits.clone()
-    };
-    let mut scanner = Decoder::new(&inner);
-    match scanner.scan(bytes)? {
+    thread_local! {
+        /// One scanner per thread, so that a check does not allocate.
+        static SCANNER: std::cell::RefCell<Decoder> =
+            std::cell::RefCell::new(Decoder::new(&Limits::default()));
+    }
+    let scanned = SCANNER.with(|scanner| {
+        let mut scanner = scanner.borrow_mut();
+        scanner.reset();
+        scanner.max_size = limits.max_message_size;
+        // The value travels inside the message array: one level less is left.
+        scanner.max_depth = limits.max_depth.saturating_sub(1);
+        scanner.scan(bytes)
+    })?;
+    match scanned {
         Some(n) if n == bytes.len() => Ok(()),
         Some(_) => Err(invalid("bytes follow the MessagePack value")),
         None => Err(invalid("the MessagePack value is incomplete")),

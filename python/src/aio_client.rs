@@ -60,6 +60,12 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     f.bind(py).call0()
 }
 
+/// While a read's replies are delivered, the requests of the tasks woken so
+/// far are written after every this many, so that the server works on them
+/// while the rest are delivered (client and server overlap instead of taking
+/// turns).
+const FLUSH_EVERY: usize = 32;
+
 /// The armed timeout timer: its handle and when it fires.
 struct Timer {
     handle: Option<Py<PyAny>>,
@@ -193,7 +199,14 @@ impl LoopDriver {
         d.completions.get().claim();
         let open = io(&d.peer);
         let delivering = Delivering::enter(d);
-        let drained = d.completions.get().drain(this.py());
+        let drained = if corks {
+            d.completions.get().drain_in_steps(this.py(), FLUSH_EVERY, || {
+                d.peer.uncork();
+                d.peer.cork();
+            })
+        } else {
+            d.completions.get().drain(this.py())
+        };
         drop(delivering);
         let uncorked = if corks {
             LoopDriver::end_cork(this)

@@ -409,6 +409,19 @@ impl Completions {
 
     /// Resolves queued futures until the queue stays empty (on the loop).
     pub fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        self.drain_in_steps(py, usize::MAX, || {})
+    }
+
+    /// [`Completions::drain`], calling `step` after every `every` futures:
+    /// the reader writes the requests the woken tasks made so far, so the
+    /// server works on them while the rest of the batch is delivered.
+    pub fn drain_in_steps(
+        &self,
+        py: Python<'_>,
+        every: usize,
+        mut step: impl FnMut(),
+    ) -> PyResult<()> {
+        let mut since_step = 0;
         loop {
             let items = {
                 let mut q = lock(&self.queue);
@@ -420,6 +433,11 @@ impl Completions {
             };
             let mut items = items.into_iter();
             while let Some((fut, outcome)) = items.next() {
+                since_step += 1;
+                if since_step == every {
+                    since_step = 0;
+                    step();
+                }
                 if let Err(e) = CallFuture::resolve(fut.bind(py), outcome) {
                     // Put back what is left so that no future is lost, then raise.
                     let rest: Vec<Completed> = items.collect();
