@@ -3,7 +3,8 @@
 //! A [`CallSlot`] is where a reply lands. It wakes whoever waits on it: a thread
 //! blocked in a synchronous call, a `Future`'s waker, or a completion callback.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
@@ -225,10 +226,22 @@ impl Hasher for MsgidHasher {
     }
 }
 
+type Calls = HashMap<u32, Arc<CallSlot>, BuildHasherDefault<MsgidHasher>>;
+
+/// True when the deadline entry `(deadline, id)` belongs to a call still in
+/// flight (and not to an earlier call that had the same msgid).
+fn is_live(calls: &Calls, id: u32, deadline: Instant) -> bool {
+    calls.get(&id).is_some_and(|s| s.deadline == Some(deadline))
+}
+
 pub(crate) struct Pending {
-    calls: HashMap<u32, Arc<CallSlot>, BuildHasherDefault<MsgidHasher>>,
-    /// Deadlines of the calls above, earliest first, for expiry by a reactor.
-    deadlines: BTreeSet<(Instant, u32)>,
+    calls: Calls,
+    /// Deadlines of the calls above, earliest on top, for expiry by a
+    /// reactor or event loop. An entry stays when its call leaves (a push
+    /// and nothing else per call, where an ordered set would rebalance
+    /// twice); stale entries are dropped when they reach the top, and all of
+    /// them once they outnumber the live ones.
+    deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     next_id: u32,
     max: usize,
     closed: Option<Error>,
@@ -238,7 +251,7 @@ impl Pending {
     pub(crate) fn new(max: usize) -> Pending {
         Pending {
             calls: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: BinaryHeap::new(),
             next_id: 0,
             max,
             closed: None,
@@ -261,7 +274,7 @@ impl Pending {
             self.next_id = self.next_id.wrapping_add(1);
             if let std::collections::hash_map::Entry::Vacant(v) = self.calls.entry(id) {
                 if let Some(d) = slot.deadline {
-                    self.deadlines.insert((d, id));
+                    self.deadlines.push(Reverse((d, id)));
                 }
                 v.insert(slot);
                 return Ok(id);
@@ -272,8 +285,10 @@ impl Pending {
     /// Removes and returns the call with this msgid (reply arrived, expired or cancelled).
     pub(crate) fn take(&mut self, msgid: u32) -> Option<Arc<CallSlot>> {
         let slot = self.calls.remove(&msgid)?;
-        if let Some(d) = slot.deadline {
-            self.deadlines.remove(&(d, msgid));
+        if self.deadlines.len() > 2 * self.calls.len() + 64 {
+            let calls = &self.calls;
+            self.deadlines
+                .retain(|Reverse((d, id))| is_live(calls, *id, *d));
         }
         Some(slot)
     }
@@ -284,20 +299,26 @@ impl Pending {
     }
 
     /// The earliest deadline of a call in flight.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(d, _)| d)
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((d, id))) = self.deadlines.peek() {
+            if is_live(&self.calls, id, d) {
+                return Some(d);
+            }
+            self.deadlines.pop();
+        }
+        None
     }
 
     /// Removes and returns the calls whose deadline is at or before `now`.
     pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<Arc<CallSlot>> {
         let mut expired = Vec::new();
-        while let Some(&(d, id)) = self.deadlines.first() {
+        while let Some(&Reverse((d, id))) = self.deadlines.peek() {
             if d > now {
                 break;
             }
-            self.deadlines.pop_first();
-            if let Some(slot) = self.calls.remove(&id) {
-                expired.push(slot);
+            self.deadlines.pop();
+            if is_live(&self.calls, id, d) {
+                expired.extend(self.calls.remove(&id));
             }
         }
         expired
@@ -385,6 +406,26 @@ mod tests {
         assert!(p.take(late).is_some());
         assert_eq!(p.next_deadline(), None);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn deadlines_of_finished_calls_do_not_pile_up() {
+        let mut p = Pending::new(100);
+        let t0 = Instant::now();
+        let in_a_minute = t0 + std::time::Duration::from_secs(60);
+        let keep = p.insert(CallSlot::new(Some(in_a_minute), false)).unwrap();
+        for i in 0..10_000u64 {
+            let d = t0 + std::time::Duration::from_millis(i % 50);
+            let id = p.insert(CallSlot::new(Some(d), false)).unwrap();
+            p.take(id).unwrap();
+            assert!(p.deadlines.len() <= 2 * p.len() + 65);
+        }
+        // Every stale entry is earlier than the live one, and none expires a call.
+        assert!(p.take_expired(t0 + std::time::Duration::from_secs(1)).is_empty());
+        assert_eq!(p.next_deadline(), Some(in_a_minute));
+        assert_eq!(p.take_expired(in_a_minute).len(), 1);
+        assert!(p.take(keep).is_none());
+        assert_eq!(p.next_deadline(), None);
     }
 
     #[test]
