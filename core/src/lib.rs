@@ -24,9 +24,10 @@
 //! - [`codec`]: encoding (also of caller-encoded params and results), and an
 //!   incremental decoder with limits;
 //! - [`transport`]: TCP and Unix sockets and addresses;
-//! - `conn`: one connection: buffers, calls in flight, dispatch; read either by
-//!   waiting callers (leader/followers, a blocking `recv` in the caller) or by
-//!   a reactor;
+//! - `conn`: one connection: buffers, calls in flight, dispatch; read by
+//!   waiting callers (leader/followers, a blocking `recv` in the caller), by
+//!   a reactor, or by the program's own event loop
+//!   ([`Peer::drive_from_event_loop`]);
 //! - `reactor`: the mio event loop, and call deadlines for background calls;
 //! - `pending`: msgid allocation and reply slots;
 //! - [`dispatch`]: handlers and the exactly-once [`Responder`]; `pool`: the

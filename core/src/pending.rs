@@ -421,7 +421,9 @@ mod tests {
             assert!(p.deadlines.len() <= 2 * p.len() + 65);
         }
         // Every stale entry is earlier than the live one, and none expires a call.
-        assert!(p.take_expired(t0 + std::time::Duration::from_secs(1)).is_empty());
+        assert!(p
+            .take_expired(t0 + std::time::Duration::from_secs(1))
+            .is_empty());
         assert_eq!(p.next_deadline(), Some(in_a_minute));
         assert_eq!(p.take_expired(in_a_minute).len(), 1);
         assert!(p.take(keep).is_none());

@@ -200,10 +200,12 @@ impl LoopDriver {
         let open = io(&d.peer);
         let delivering = Delivering::enter(d);
         let drained = if corks {
-            d.completions.get().drain_in_steps(this.py(), FLUSH_EVERY, || {
-                d.peer.uncork();
-                d.peer.cork();
-            })
+            d.completions
+                .get()
+                .drain_in_steps(this.py(), FLUSH_EVERY, || {
+                    d.peer.uncork();
+                    d.peer.cork();
+                })
         } else {
             d.completions.get().drain(this.py())
         };
