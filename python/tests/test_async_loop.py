@@ -247,3 +247,39 @@ def test_client_with_handlers_keeps_the_io_thread() -> None:
         run(main())
     finally:
         server.shutdown()
+
+
+
+def test_loop_driven_client_starts_no_thread(calc: str) -> None:
+    """Without handlers, the loop reads the socket: no I/O thread appears.
+
+    Run in a fresh interpreter: foorpc's I/O thread, once started by another
+    test, would hide a new one here."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, os, sys, foorpc
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+async def main():
+    before = threads()
+    c = foorpc.AsyncClient(sys.argv[1])
+    assert await asyncio.gather(*(c.add(i, 1) for i in range(200))) == [i + 1 for i in range(200)]
+    try:
+        await c.call("sleep_ms", 500, timeout=0.05)
+    except foorpc.RpcTimeoutError:
+        pass
+    else:
+        raise AssertionError("no timeout")
+    print(before, threads())
+    await c.close()
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script, calc], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.split()
+    assert before == after
