@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
@@ -78,8 +78,9 @@ pub struct LoopDriver {
     peer: foorpc::Peer,
     event_loop: Py<PyAny>,
     completions: Py<Completions>,
-    /// The loop reads the socket (else foorpc's I/O thread does).
-    reads: bool,
+    /// The loop reads the socket (else foorpc's I/O thread does: the client
+    /// has handlers, or the loop has no `add_reader`).
+    reads: AtomicBool,
     /// Calls of this loop iteration are held back for one write.
     corked: AtomicBool,
     writer_added: AtomicBool,
@@ -97,14 +98,13 @@ impl LoopDriver {
     ) -> PyResult<Py<LoopDriver>> {
         let cst = event_loop.getattr("call_soon_threadsafe")?;
         let completions = Py::new(py, Completions::new(cst.unbind()))?;
-        let reads = !serves;
         let driver = Py::new(
             py,
             LoopDriver {
                 peer: peer.clone(),
                 event_loop: event_loop.clone().unbind(),
                 completions,
-                reads,
+                reads: AtomicBool::new(false),
                 corked: AtomicBool::new(false),
                 writer_added: AtomicBool::new(false),
                 detached: AtomicBool::new(false),
@@ -114,16 +114,23 @@ impl LoopDriver {
                 }),
             },
         )?;
-        if reads {
-            // The reader is registered before the loop takes over, so no
-            // reply can be missed; until then nothing was waiting for one.
-            let on_readable = driver.bind(py).getattr("_on_readable")?;
-            event_loop.call_method1("add_reader", (peer.fd(), on_readable))?;
-            if let Err(e) = peer.drive_from_event_loop() {
-                let _ = event_loop.call_method1("remove_reader", (peer.fd(),));
-                return Err(errors::Error(e).into());
-            }
+        if serves {
+            return Ok(driver);
         }
+        // The reader is registered before the loop takes over, so no reply
+        // can be missed; until then nothing was waiting for one.
+        let on_readable = driver.bind(py).getattr("_on_readable")?;
+        match event_loop.call_method1("add_reader", (peer.fd(), on_readable)) {
+            Ok(_) => {}
+            // A loop without add_reader (Windows' proactor): the I/O thread reads.
+            Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => return Ok(driver),
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = peer.drive_from_event_loop() {
+            let _ = event_loop.call_method1("remove_reader", (peer.fd(),));
+            return Err(errors::Error(e).into());
+        }
+        driver.get().reads.store(true, Ordering::Release);
         Ok(driver)
     }
 
@@ -151,7 +158,7 @@ impl LoopDriver {
     }
 
     fn watch_writes(&self, this: &Bound<'_, LoopDriver>) -> PyResult<()> {
-        if self.reads
+        if self.reads.load(Ordering::Acquire)
             && self.peer.wants_write()
             && !self.peer.is_closed()
             && !self.writer_added.swap(true, Ordering::AcqRel)
@@ -231,7 +238,7 @@ impl LoopDriver {
         if let Some(h) = lock(&d.timer).handle.take() {
             let _ = h.call_method0(py, "cancel");
         }
-        if d.reads {
+        if d.reads.load(Ordering::Acquire) {
             let fd = d.peer.fd();
             let _ = d.event_loop.call_method1(py, "remove_reader", (fd,));
             if d.writer_added.swap(false, Ordering::AcqRel) {
@@ -315,7 +322,7 @@ impl AsyncClient {
             }
             let old = d.bind(py);
             let old_loop = old.get().event_loop.bind(py);
-            let in_use = old.get().reads
+            let in_use = old.get().reads.load(Ordering::Acquire)
                 && !old_loop.call_method0("is_closed")?.is_truthy()?
                 && old_loop.call_method0("is_running")?.is_truthy()?;
             if in_use && !self.conn.closed() {
@@ -388,7 +395,7 @@ impl AsyncClient {
             params,
             timeout,
         )?;
-        if let (true, Some(deadline)) = (d.reads, deadline) {
+        if let (true, Some(deadline)) = (d.reads.load(Ordering::Acquire), deadline) {
             LoopDriver::arm_timer(&driver, deadline)?;
         }
         Ok(fut)

@@ -283,3 +283,24 @@ asyncio.run(main())
     assert out.returncode == 0, out.stderr
     before, after = out.stdout.split()
     assert before == after
+
+
+def test_loop_without_add_reader_uses_the_io_thread(calc: str) -> None:
+    """A loop that cannot watch sockets (like Windows' proactor) still works."""
+
+    class NoReaderLoop(asyncio.SelectorEventLoop):
+        def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+            raise NotImplementedError
+
+    async def main() -> None:
+        c = foorpc.AsyncClient(calc, timeout=5)
+        assert await asyncio.gather(*(c.add(i, 1) for i in range(50))) == [i + 1 for i in range(50)]
+        with pytest.raises(foorpc.RpcTimeoutError):
+            await c.call("sleep_ms", 1000, timeout=0.1)
+        await c.close()
+
+    loop = NoReaderLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
