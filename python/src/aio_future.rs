@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::aio_await::await_iter;
 use crate::convert;
 use crate::errors::Error;
 
@@ -54,7 +55,7 @@ struct FutureState {
 #[pyclass(module = "foorpc._native", frozen)]
 pub struct CallFuture {
     event_loop: Py<PyAny>,
-    blocking: AtomicBool,
+    pub(crate) blocking: AtomicBool,
     state: Mutex<FutureState>,
     /// The call to forget when the future is cancelled.
     call: Option<(foorpc::Peer, u32)>,
@@ -142,6 +143,16 @@ impl CallFuture {
 
     fn is_done(&self) -> bool {
         !matches!(lock(&self.state).outcome, Outcome::Pending)
+    }
+
+    /// What an awaiting coroutine gets now: wait, or the result (or error).
+    pub(crate) fn step(&self, py: Python<'_>) -> Step {
+        match &lock(&self.state).outcome {
+            Outcome::Pending => Step::Pending,
+            Outcome::Value(v) => Step::Done(Ok(v.clone_ref(py))),
+            Outcome::Error(e) => Step::Done(Err(PyErr::from_value(e.bind(py).clone()))),
+            Outcome::Cancelled(msg) => Step::Done(Err(cancelled_error(py, msg.as_ref()))),
+        }
     }
 
     /// The outcome as a Python result (`result()` semantics).
@@ -294,23 +305,26 @@ impl CallFuture {
         cancelled_error(py, msg.as_ref()).into_value(py).into_any()
     }
 
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
+    /// An iterator that yields this future to the awaiting task until it is
+    /// done, then returns the result (see `aio_await`).
+    fn __await__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        await_iter(slf)
     }
 
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        await_iter(slf)
     }
 
-    /// Yields itself to the awaiting task until done, then returns the result.
+    /// Coroutine protocol: yields itself until done, then returns the result.
     fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
         let fut = slf.get();
-        if !fut.is_done() {
-            fut.blocking.store(true, Ordering::Relaxed);
-            return Ok(Some(slf.clone().into_any().unbind()));
+        match fut.step(slf.py()) {
+            Step::Pending => {
+                fut.blocking.store(true, Ordering::Relaxed);
+                Ok(Some(slf.clone().into_any().unbind()))
+            }
+            Step::Done(r) => Err(PyStopIteration::new_err((r?,))),
         }
-        let value = fut.outcome(slf.py())?;
-        Err(PyStopIteration::new_err((value,)))
     }
 
     /// Coroutine protocol (so that `create_task` accepts the future).
@@ -351,6 +365,12 @@ impl CallFuture {
             Outcome::Cancelled(_) => "<foorpc.CallFuture cancelled>",
         }
     }
+}
+
+/// See [`CallFuture::step`].
+pub(crate) enum Step {
+    Pending,
+    Done(PyResult<Py<PyAny>>),
 }
 
 type Completed = (Py<CallFuture>, foorpc::Result<Value>);

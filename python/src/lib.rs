@@ -3,6 +3,7 @@
 //! The public API is the `foorpc` package (pysrc/foorpc), which re-exports
 //! and extends these classes.
 
+mod aio_await;
 mod aio_client;
 mod aio_future;
 mod client;

@@ -304,3 +304,25 @@ def test_loop_without_add_reader_uses_the_io_thread(calc: str) -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_await_iterator_protocol(calc: str) -> None:
+    """What `await` drives: yields the future while pending, then returns."""
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.add(1, 2)
+            it = fut.__await__()
+            assert iter(it) is it
+            assert next(it) is fut  # pending: the awaiting task would wait on it
+            assert await fut == 3
+            with pytest.raises(StopIteration) as stop:
+                next(fut.__await__())
+            assert stop.value.value == 3
+            failing = c.fail("no")
+            with pytest.raises(foorpc.RemoteError):
+                await failing
+            with pytest.raises(foorpc.RemoteError):
+                next(failing.__await__())
+
+    run(main())
