@@ -64,7 +64,7 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// far are written after every this many, so that the server works on them
 /// while the rest are delivered (client and server overlap instead of taking
 /// turns).
-const FLUSH_EVERY: usize = 32;
+const FLUSH_EVERY: usize = 48;
 
 /// The armed timeout timer: its handle and when it fires.
 struct Timer {
