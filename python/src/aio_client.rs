@@ -96,8 +96,7 @@ impl LoopDriver {
         event_loop: &Bound<'_, PyAny>,
         serves: bool,
     ) -> PyResult<Py<LoopDriver>> {
-        let cst = event_loop.getattr("call_soon_threadsafe")?;
-        let completions = Py::new(py, Completions::new(cst.unbind()))?;
+        let completions = Py::new(py, Completions::new(event_loop)?)?;
         let driver = Py::new(
             py,
             LoopDriver {

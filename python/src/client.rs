@@ -333,8 +333,7 @@ impl Peer {
         let peer = self.peer()?;
         let timeout = timeout_arg(timeout, peer.default_timeout())?;
         let event_loop = running_loop(py)?;
-        let cst = event_loop.getattr("call_soon_threadsafe")?;
-        let completions = Py::new(py, Completions::new(cst.unbind()))?;
+        let completions = Py::new(py, Completions::new(&event_loop)?)?;
         let (fut, _deadline) = start_call(
             py,
             peer,
