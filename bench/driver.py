@@ -43,7 +43,7 @@ class Sizes:
 
 
 FULL = Sizes(50000, 20000, 3000, 1000000, 300000, 500000, 150000, 200, 1000)
-QUICK = Sizes(40000, 30000, 1000, 400000, 100000, 200000, 60000, 100, 1000)
+QUICK = Sizes(30000, 15000, 1000, 400000, 100000, 200000, 60000, 100, 1000)
 
 WINDOW = 64
 ECHO_BYTES = 1 << 20
@@ -394,8 +394,8 @@ def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true", help="3 rounds, fewer calls: under 3 minutes")
-    p.add_argument("--rounds", type=int, help="measured rounds (default 5, 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="5 rounds, fewer calls: about a minute")
+    p.add_argument("--rounds", type=int, help="measured rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up rounds, not counted")
     p.add_argument("--mode", default="auto",
                    help="dma (hold /dev/cpu_dma_latency at 0), pin (every process on CPU 0), "
@@ -411,7 +411,7 @@ def main() -> None:
     args = p.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
+        args.rounds = 5
 
     modes = []
     for m in args.mode.split(","):

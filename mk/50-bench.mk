@@ -6,6 +6,6 @@
 bench:
 	bench/run
 
-## The same in under 3 minutes: 3 rounds, fewer calls.
+## The same in about a minute: 5 rounds, fewer calls.
 bench-quick:
 	bench/run --quick
