@@ -110,6 +110,9 @@ pub(crate) struct Conn {
     /// Read, flushed and timed out by the program's event loop (see
     /// [`Conn::drive_from_event_loop`]): never waits here.
     loop_driven: AtomicBool,
+    /// Held while choosing between a reactor and an event loop, so that a
+    /// connection never gets both.
+    choosing_driver: Mutex<()>,
     /// The socket's receive timeout now, in microseconds (u64::MAX: unset).
     recv_timeout_us: AtomicU64,
     /// The deadline the reactor will wake up for next (nanoseconds after
@@ -156,6 +159,7 @@ impl Conn {
             deadlines_watched: AtomicBool::new(false),
             blocking_reads: AtomicBool::new(false),
             loop_driven: AtomicBool::new(false),
+            choosing_driver: Mutex::new(()),
             recv_timeout_us: AtomicU64::new(u64::MAX),
             reactor_wakes_at: AtomicU64::new(u64::MAX),
             fork_generation: fork::generation(),
@@ -200,6 +204,7 @@ impl Conn {
     /// handlers qualifies (handlers may answer from worker threads, whose
     /// writes the event loop would not hear about).
     pub(crate) fn drive_from_event_loop(&self) -> Result<()> {
+        let _choosing = lock(&self.choosing_driver);
         if self.reactor.get().is_some() || !self.config.router.is_empty() {
             return Err(Error::Usage(
                 "only a client without handlers can be driven by an event loop".into(),
@@ -219,6 +224,10 @@ impl Conn {
 
     /// Hands this connection to `reactor` (once); from then on the reactor reads.
     pub(crate) fn attach_reactor(self: &Arc<Self>, reactor: &ReactorHandle) {
+        let _choosing = lock(&self.choosing_driver);
+        if self.is_loop_driven() {
+            return; // the event loop reads
+        }
         if self.blocking_reads.swap(false, Ordering::AcqRel) {
             let _ = self.stream.set_blocking(false);
         }
@@ -232,6 +241,13 @@ impl Conn {
         if self.fork_generation != fork::generation() {
             return Err(Error::Usage(
                 "this connection was made before fork(); create a new one in the child process"
+                    .into(),
+            ));
+        }
+        if blocking && self.is_loop_driven() {
+            return Err(Error::Usage(
+                "this connection is driven by an event loop: a blocking wait would read \
+                 behind its back (or block it); use call_async with on_complete or .await"
                     .into(),
             ));
         }
@@ -357,6 +373,9 @@ impl Conn {
 
     pub(crate) fn uncork(&self) {
         let mut w = lock(&self.write);
+        if w.cork == 0 {
+            return; // an unmatched uncork must not wrap and cork for good
+        }
         w.cork -= 1;
         if w.cork == 0 && w.pending() {
             if let Err(e) = self.flush_locked(&mut w) {
@@ -578,7 +597,11 @@ impl Conn {
             let _ = self.send(Some(Instant::now() + Duration::from_secs(1)), |out| {
                 codec::encode_response(out, *msgid, &obj, &Value::Nil)
             });
-            self.flush_for(Duration::from_secs(1));
+            if self.is_loop_driven() {
+                let _ = self.flush_now(); // an event loop must not wait here
+            } else {
+                self.flush_for(Duration::from_secs(1));
+            }
         }
         Error::Protocol(e.to_string())
     }

@@ -224,6 +224,11 @@ impl Peer {
         self.conn.drive_from_event_loop()
     }
 
+    /// True once [`Peer::drive_from_event_loop`] succeeded.
+    pub fn is_loop_driven(&self) -> bool {
+        self.conn.is_loop_driven()
+    }
+
     /// The socket's file descriptor (for an event loop to watch).
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.conn.fd()

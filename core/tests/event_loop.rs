@@ -186,3 +186,34 @@ fn only_a_client_without_handlers_can_be_loop_driven() {
         Err(Error::Usage(_))
     ));
 }
+
+#[test]
+fn blocking_waits_are_refused_on_a_loop_driven_client() {
+    let (_server, client) = loop_driven(calc_router());
+    let add = [Value::from(1), Value::from(2)];
+    assert!(matches!(
+        client.call_value("add", &add, CALL),
+        Err(Error::Usage(_))
+    ));
+    let call = client.call_async("add", &add, CALL).unwrap();
+    assert!(matches!(call.wait(), Err(Error::Usage(_))));
+    assert_eq!(client.pending_calls(), 0);
+}
+
+#[test]
+fn an_unmatched_uncork_does_not_hold_writes_back() {
+    let (_server, client) = loop_driven(calc_router());
+    client.uncork(); // no cork to end: must not wrap around into "corked"
+    let out: Outcomes = Arc::default();
+    let threads = Arc::default();
+    start_add(&client, 41, CALL, &out, &threads);
+    assert!(
+        !client.wants_write(),
+        "the request should have been written at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.lock().unwrap().is_empty() && Instant::now() < deadline {
+        loop_once(&client, Duration::from_millis(100)).unwrap();
+    }
+    assert_eq!(out.lock().unwrap()[0].1.as_ref().unwrap(), &Value::from(42));
+}

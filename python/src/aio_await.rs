@@ -32,13 +32,19 @@ fn await_iter_type(py: Python<'_>) -> PyResult<&Py<PyAny>> {
             slot(ffi::Py_tp_iter, iter_self as *mut c_void),
             slot(ffi::Py_tp_iternext, iternext as *mut c_void),
             slot(ffi::Py_am_send, am_send as *mut c_void),
+            slot(ffi::Py_tp_traverse, traverse as *mut c_void),
+            slot(ffi::Py_tp_clear, clear as *mut c_void),
             slot(0, std::ptr::null_mut()),
         ];
         let mut spec = ffi::PyType_Spec {
             name: c"foorpc._native.CallFutureIter".as_ptr(),
             basicsize: std::mem::size_of::<AwaitIter>() as c_int,
             itemsize: 0,
-            flags: ffi::Py_TPFLAGS_DEFAULT as _,
+            // Made only by `__await__`: a bare instance would await nothing.
+            // GC: a coroutine suspended on it is part of a cycle through the future.
+            flags: (ffi::Py_TPFLAGS_DEFAULT
+                | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION
+                | ffi::Py_TPFLAGS_HAVE_GC) as _,
             slots: slots.as_mut_ptr(),
         };
         // SAFETY: the spec and slots are valid for the call; CPython copies them.
@@ -68,9 +74,12 @@ pub fn await_iter(future: &Bound<'_, CallFuture>) -> PyResult<Py<PyAny>> {
 /// The future an iterator awaits.
 ///
 /// SAFETY: `iter` must be an AwaitIter made by `await_iter`.
-unsafe fn future_of<'py>(py: Python<'py>, iter: *mut ffi::PyObject) -> Bound<'py, CallFuture> {
+unsafe fn future_of<'py>(
+    py: Python<'py>,
+    iter: *mut ffi::PyObject,
+) -> Option<Bound<'py, CallFuture>> {
     let fut = (*iter.cast::<AwaitIter>()).future;
-    Bound::from_borrowed_ptr(py, fut).cast_into_unchecked()
+    (!fut.is_null()).then(|| Bound::from_borrowed_ptr(py, fut).cast_into_unchecked())
 }
 
 unsafe extern "C" fn am_send(
@@ -82,7 +91,15 @@ unsafe extern "C" fn am_send(
     let outcome = std::panic::catch_unwind(|| {
         // SAFETY: CPython calls this slot holding the GIL (or attached).
         let py = Python::assume_attached();
-        let fut = future_of(py, iter);
+        let Some(fut) = future_of(py, iter) else {
+            // Cleared by the cycle collector: nothing left to await.
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"the awaited call is gone".as_ptr(),
+            );
+            *result = std::ptr::null_mut();
+            return ffi::PySendResult::PYGEN_ERROR;
+        };
         match fut.get().step(py) {
             Step::Pending => {
                 fut.get().blocking.store(true, Ordering::Relaxed);
@@ -131,9 +148,34 @@ unsafe extern "C" fn iter_self(iter: *mut ffi::PyObject) -> *mut ffi::PyObject {
     iter
 }
 
+unsafe extern "C" fn traverse(
+    iter: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut c_void,
+) -> c_int {
+    let fut = (*iter.cast::<AwaitIter>()).future;
+    if fut.is_null() {
+        0
+    } else {
+        visit(fut, arg)
+    }
+}
+
+unsafe extern "C" fn clear(iter: *mut ffi::PyObject) -> c_int {
+    let fut = std::mem::replace(
+        &mut (*iter.cast::<AwaitIter>()).future,
+        std::ptr::null_mut(),
+    );
+    if !fut.is_null() {
+        ffi::Py_DecRef(fut);
+    }
+    0
+}
+
 unsafe extern "C" fn dealloc(iter: *mut ffi::PyObject) {
     let ty = ffi::Py_TYPE(iter);
-    ffi::Py_DecRef((*iter.cast::<AwaitIter>()).future);
+    ffi::PyObject_GC_UnTrack(iter.cast());
+    clear(iter);
     let free = ffi::PyType_GetSlot(ty, ffi::Py_tp_free);
     if !free.is_null() {
         let free: unsafe extern "C" fn(*mut c_void) = std::mem::transmute(free);

@@ -18,10 +18,10 @@ use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::aio_future::{start_call, CallFuture, Completions};
 use crate::client::{notify, timeout_arg, Connection};
-use crate::errors;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -121,13 +121,24 @@ impl LoopDriver {
         let on_readable = driver.bind(py).getattr("_on_readable")?;
         match event_loop.call_method1("add_reader", (peer.fd(), on_readable)) {
             Ok(_) => {}
-            // A loop without add_reader (Windows' proactor): the I/O thread reads.
-            Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => return Ok(driver),
+            // A loop without add_reader (Windows' proactor): the I/O thread
+            // reads, unless an earlier loop already took the socket over.
+            Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => {
+                if peer.is_loop_driven() {
+                    return Err(PyRuntimeError::new_err(
+                        "this AsyncClient was driven by an event loop that watches its socket; \
+                         a loop without add_reader needs its own client",
+                    ));
+                }
+                return Ok(driver);
+            }
             Err(e) => return Err(e),
         }
-        if let Err(e) = peer.drive_from_event_loop() {
+        if peer.drive_from_event_loop().is_err() {
+            // foorpc's I/O thread already reads (an earlier loop had no
+            // add_reader): keep it.
             let _ = event_loop.call_method1("remove_reader", (peer.fd(),));
-            return Err(errors::Error(e).into());
+            return Ok(driver);
         }
         driver.get().reads.store(true, Ordering::Release);
         Ok(driver)
@@ -151,8 +162,9 @@ impl LoopDriver {
     /// Ends a cork: writes, and watches for room when the socket is full.
     fn end_cork(this: &Bound<'_, LoopDriver>) -> PyResult<()> {
         let d = this.get();
-        d.corked.store(false, Ordering::Release);
-        d.peer.uncork();
+        if d.corked.swap(false, Ordering::AcqRel) {
+            d.peer.uncork();
+        }
         d.watch_writes(this)
     }
 
@@ -172,23 +184,37 @@ impl LoopDriver {
     /// Makes sure the timer fires by `deadline` (calls driven by this loop only).
     fn arm_timer(this: &Bound<'_, LoopDriver>, deadline: Instant) -> PyResult<()> {
         let d = this.get();
-        let mut t = lock(&d.timer);
-        if t.at.is_some_and(|at| at <= deadline) {
-            return Ok(());
-        }
-        if let Some(old) = t.handle.take() {
+        // No lock is held while Python runs (another thread could wait for
+        // it holding the GIL).
+        let old = {
+            let mut t = lock(&d.timer);
+            if t.at.is_some_and(|at| at <= deadline) {
+                return Ok(());
+            }
+            t.at = Some(deadline);
+            t.handle.take()
+        };
+        if let Some(old) = old {
             old.call_method0(this.py(), "cancel")?;
         }
         let delay = deadline
             .saturating_duration_since(Instant::now())
             .as_secs_f64();
         let on_timer = this.getattr("_on_timer")?;
-        let handle = d
+        let armed = d
             .event_loop
-            .call_method1(this.py(), "call_later", (delay, on_timer))?;
-        t.handle = Some(handle);
-        t.at = Some(deadline);
-        Ok(())
+            .call_method1(this.py(), "call_later", (delay, on_timer));
+        let mut t = lock(&d.timer);
+        match armed {
+            Ok(handle) => {
+                t.handle = Some(handle);
+                Ok(())
+            }
+            Err(e) => {
+                t.at = None;
+                Err(e)
+            }
+        }
     }
 
     /// Runs `io` (which may complete calls) inside one cork, then resolves
@@ -209,13 +235,22 @@ impl LoopDriver {
             d.completions
                 .get()
                 .drain_in_steps(this.py(), FLUSH_EVERY, || {
-                    d.peer.uncork();
-                    d.peer.cork();
+                    // Unless a callback detached this driver (and uncorked).
+                    if d.corked.load(Ordering::Acquire) {
+                        d.peer.uncork();
+                        d.peer.cork();
+                    }
                 })
         } else {
             d.completions.get().drain(this.py())
         };
         drop(delivering);
+        let drained = drained.map_err(|e| {
+            // A callback raised SystemExit or KeyboardInterrupt: what is
+            // left in the queue is delivered on the loop's next pass.
+            d.completions.get().reschedule(this.py(), &d.completions);
+            e
+        });
         let uncorked = if corks {
             LoopDriver::end_cork(this)
         } else {
@@ -234,8 +269,14 @@ impl LoopDriver {
             return;
         }
         let py = this.py();
-        if let Some(h) = lock(&d.timer).handle.take() {
+        let timer = lock(&d.timer).handle.take();
+        if let Some(h) = timer {
             let _ = h.call_method0(py, "cancel");
+        }
+        // A cork whose `_uncork` this loop may never run must not hold the
+        // connection's writes back for good.
+        if d.corked.swap(false, Ordering::AcqRel) {
+            d.peer.uncork();
         }
         if d.reads.load(Ordering::Acquire) {
             let fd = d.peer.fd();
@@ -249,12 +290,34 @@ impl LoopDriver {
 
 #[pymethods]
 impl LoopDriver {
+    /// For Python's cycle collector: the armed timer's handle holds this
+    /// driver's `_on_timer`, and this driver holds the handle.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.completions)?;
+        if let Ok(t) = self.timer.try_lock() {
+            visit.call(&t.handle)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let handle = lock(&self.timer).handle.take();
+        drop(handle);
+    }
+
     fn _uncork(slf: &Bound<'_, Self>) -> PyResult<()> {
         LoopDriver::end_cork(slf)
     }
 
     fn _on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         LoopDriver::deliver(slf, |peer| peer.read_ready().is_ok())
+    }
+
+    /// Writes what calls made off the loop left queued (see `notify`).
+    fn _flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let _ = slf.get().peer.flush();
+        slf.get().watch_writes(slf)
     }
 
     fn _on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -282,16 +345,17 @@ impl LoopDriver {
             t.at = None;
         }
         let mut next = None;
-        LoopDriver::deliver(slf, |peer| {
+        let delivered = LoopDriver::deliver(slf, |peer| {
             next = peer.expire_calls(Instant::now());
             !peer.is_closed()
-        })?;
-        match next {
+        });
+        let rearmed = match next {
             Some(at) if !slf.get().detached.load(Ordering::Acquire) => {
                 LoopDriver::arm_timer(slf, at)
             }
             _ => Ok(()),
-        }
+        };
+        delivered.and(rearmed)
     }
 }
 
@@ -307,36 +371,58 @@ pub struct AsyncClient {
 
 impl AsyncClient {
     /// The driver for the running loop, linking this client to it on first use.
+    ///
+    /// The `driver` lock is never held while Python runs: a thread waiting
+    /// for it would hold the GIL that the holder needs.
     fn driver<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LoopDriver>> {
-        if let Some(d) = lock(&self.driver).as_ref() {
+        let current = self.current_driver(py);
+        if let Some(d) = &current {
             if DELIVERING.with(|p| std::ptr::eq(p.get(), d.get())) {
-                return Ok(d.bind(py).clone());
+                return Ok(d.clone());
             }
         }
         let event_loop = running_loop(py)?;
-        let mut slot = lock(&self.driver);
-        if let Some(d) = slot.as_ref() {
-            if d.get().event_loop.is(&event_loop) {
-                return Ok(d.bind(py).clone());
+        if let Some(old) = &current {
+            if old.get().event_loop.is(&event_loop) {
+                return Ok(old.clone());
             }
-            let old = d.bind(py);
             let old_loop = old.get().event_loop.bind(py);
             let in_use = old.get().reads.load(Ordering::Acquire)
+                && !old.get().detached.load(Ordering::Acquire)
                 && !old_loop.call_method0("is_closed")?.is_truthy()?
                 && old_loop.call_method0("is_running")?.is_truthy()?;
             if in_use && !self.conn.closed() {
-                return Err(PyRuntimeError::new_err(
-                    "this AsyncClient is driven by another running event loop; \
-                     make one client per event loop",
-                ));
+                return Err(in_another_loop());
             }
             LoopDriver::detach(old);
         }
         let peer = self.conn.peer()?;
-        let d = LoopDriver::attach(py, peer, &event_loop, self.serves)?;
-        *slot = Some(d.clone_ref(py));
-        Ok(d.into_bound(py))
+        let new = LoopDriver::attach(py, peer, &event_loop, self.serves)?;
+        let mut slot = lock(&self.driver);
+        let unchanged = match (&*slot, &current) {
+            (Some(now), Some(seen)) => now.is(seen),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            // Another thread linked this client to its loop meanwhile.
+            drop(slot);
+            LoopDriver::detach(new.bind(py));
+            return Err(in_another_loop());
+        }
+        *slot = Some(new.clone_ref(py));
+        Ok(new.into_bound(py))
     }
+
+    fn current_driver<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopDriver>> {
+        lock(&self.driver).as_ref().map(|d| d.bind(py).clone())
+    }
+}
+
+fn in_another_loop() -> PyErr {
+    PyRuntimeError::new_err(
+        "this AsyncClient is driven by another running event loop; make one client per event loop",
+    )
 }
 
 #[pymethods]
@@ -395,7 +481,10 @@ impl AsyncClient {
             timeout,
         )?;
         if let (true, Some(deadline)) = (d.reads.load(Ordering::Acquire), deadline) {
-            LoopDriver::arm_timer(&driver, deadline)?;
+            if let Err(e) = LoopDriver::arm_timer(&driver, deadline) {
+                CallFuture::cancel_with(fut.bind(py), None)?;
+                return Err(e);
+            }
         }
         Ok(fut)
     }
@@ -407,17 +496,28 @@ impl AsyncClient {
         if running_loop(py).is_ok() {
             // Leaves with this iteration's calls.
             LoopDriver::cork_iteration(&self.driver(py)?)?;
+            return notify(py, peer, method, params);
         }
-        notify(py, peer, method, params)
+        notify(py, peer, method, params)?;
+        // Off the loop: what the socket could not take is written by the loop.
+        if let Some(d) = self.current_driver(py) {
+            if d.get().reads.load(Ordering::Acquire) && peer.wants_write() {
+                let flush = d.getattr("_flush")?;
+                let _ = d
+                    .get()
+                    .event_loop
+                    .call_method1(py, "call_soon_threadsafe", (flush,));
+            }
+        }
+        Ok(())
     }
 
     /// Closes the connection; pending calls fail with ConnectionLostError.
     fn _close(&self, py: Python<'_>) {
         self.conn.close();
-        if let Some(d) = lock(&self.driver).as_ref() {
-            let d = d.bind(py);
+        if let Some(d) = self.current_driver(py) {
             if running_loop(py).is_ok_and(|l| l.is(&d.get().event_loop)) {
-                LoopDriver::detach(d);
+                LoopDriver::detach(&d);
             }
             // Elsewhere the reader sees the closed socket and detaches itself.
         }

@@ -18,10 +18,11 @@ use std::sync::Mutex;
 
 use foorpc::Value;
 use pyo3::exceptions::asyncio::{CancelledError, InvalidStateError};
-use pyo3::exceptions::{PyException, PyStopIteration};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyStopIteration, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::aio_await::await_iter;
 use crate::convert;
@@ -93,6 +94,9 @@ impl CallFuture {
             },
             Err(e) => Outcome::Error(PyErr::from(e).into_value(py).into_any()),
         };
+        // The shortcut is for values only: an error must reach a waiter that
+        // reads the outcome from what it is woken with.
+        let wakeup_arg = wakeup_arg.filter(|_| matches!(outcome, Outcome::Value(_)));
         let callbacks = {
             let mut st = lock(&fut.state);
             if !matches!(st.outcome, Outcome::Pending) {
@@ -101,7 +105,8 @@ impl CallFuture {
             st.outcome = outcome;
             std::mem::take(&mut st.callbacks)
         };
-        for (callback, context) in callbacks {
+        let mut callbacks = callbacks.into_iter();
+        while let Some((callback, context)) = callbacks.next() {
             let arg = match wakeup_arg {
                 Some(done) if is_task_wakeup(callback.bind(py)) => done.bind(py),
                 _ => this.as_any(),
@@ -111,16 +116,22 @@ impl CallFuture {
                 None => callback.call1(py, (arg,)),
             };
             if let Err(err) = ran {
-                fut.report(py, err, &callback)?;
+                if let Err(fatal) = fut.report(py, err, &callback) {
+                    // SystemExit or KeyboardInterrupt leaves; the other
+                    // callbacks still run, on the loop's next pass.
+                    let _ = fut.schedule(this, callbacks.collect());
+                    return Err(fatal);
+                }
             }
         }
         Ok(())
     }
 
     /// Hands an exception raised by a done callback to the loop's exception
-    /// handler, as asyncio does; KeyboardInterrupt and SystemExit propagate.
+    /// handler, as asyncio's handles do; KeyboardInterrupt and SystemExit
+    /// propagate.
     fn report(&self, py: Python<'_>, err: PyErr, callback: &Py<PyAny>) -> PyResult<()> {
-        if !err.is_instance_of::<PyException>(py) {
+        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
             return Err(err);
         }
         let context = PyDict::new(py);
@@ -158,7 +169,7 @@ impl CallFuture {
         match &lock(&self.state).outcome {
             Outcome::Pending => Step::Pending,
             Outcome::Value(v) => Step::Done(Ok(v.clone_ref(py))),
-            Outcome::Error(e) => Step::Done(Err(PyErr::from_value(e.bind(py).clone()))),
+            Outcome::Error(e) => Step::Done(Err(raise_stored(e.bind(py)))),
             Outcome::Cancelled(msg) => Step::Done(Err(cancelled_error(py, msg.as_ref()))),
         }
     }
@@ -168,13 +179,16 @@ impl CallFuture {
         match &lock(&self.state).outcome {
             Outcome::Pending => Err(InvalidStateError::new_err("Result is not set.")),
             Outcome::Value(v) => Ok(v.clone_ref(py)),
-            Outcome::Error(e) => Err(PyErr::from_value(e.bind(py).clone())),
+            Outcome::Error(e) => Err(raise_stored(e.bind(py))),
             Outcome::Cancelled(msg) => Err(cancelled_error(py, msg.as_ref())),
         }
     }
 
     /// Forgets the call and marks the future cancelled; false if it was done.
-    fn cancel_with(this: &Bound<'_, CallFuture>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    pub(crate) fn cancel_with(
+        this: &Bound<'_, CallFuture>,
+        msg: Option<Py<PyAny>>,
+    ) -> PyResult<bool> {
         let fut = this.get();
         let callbacks = {
             let mut st = lock(&fut.state);
@@ -245,6 +259,15 @@ fn task_wakeup_arg(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>>
 }
 
 static CONTEXT_RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    COPY_CONTEXT
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("contextvars")?.getattr("copy_context")?.unbind())
+        })?
+        .call0(py)
+}
 
 /// `contextvars.Context.run`, unbound: calling it with the context first
 /// spares a bound-method object per callback.
@@ -256,6 +279,14 @@ fn context_run(py: Python<'_>) -> PyResult<&Py<PyAny>> {
             .getattr("run")?
             .unbind())
     })
+}
+
+/// The stored exception, to raise again: its traceback is cleared first, so
+/// that raising it once more does not grow it (asyncio.Future does the same).
+fn raise_stored(exc: &Bound<'_, PyAny>) -> PyErr {
+    // SAFETY: `exc` is an exception instance (only those are stored).
+    unsafe { pyo3::ffi::PyException_SetTraceback(exc.as_ptr(), pyo3::ffi::Py_None()) };
+    PyErr::from_value(exc.clone())
 }
 
 fn cancelled_error(py: Python<'_>, msg: Option<&Py<PyAny>>) -> PyErr {
@@ -313,14 +344,19 @@ impl CallFuture {
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let fut = slf.get();
+        // As asyncio.Future: without a context, the caller's current one.
+        let context = match context {
+            Some(c) => c,
+            None => copy_context(slf.py())?,
+        };
         {
             let mut st = lock(&fut.state);
             if matches!(st.outcome, Outcome::Pending) {
-                st.callbacks.push((callback, context));
+                st.callbacks.push((callback, Some(context)));
                 return Ok(());
             }
         }
-        fut.schedule(slf, vec![(callback, context)])
+        fut.schedule(slf, vec![(callback, Some(context))])
     }
 
     /// Removes every registration of `callback`; returns how many.
@@ -363,6 +399,32 @@ impl CallFuture {
             _ => None,
         };
         cancelled_error(py, msg.as_ref()).into_value(py).into_any()
+    }
+
+    /// The objects this future holds, for Python's cycle collector: a task
+    /// waiting on a future that never completes forms a cycle through it
+    /// (task, coroutine, this future, its callbacks, the task).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        // Never blocks: a state locked right now is left unvisited, which
+        // only keeps its objects alive until the next collection.
+        if let Ok(st) = self.state.try_lock() {
+            match &st.outcome {
+                Outcome::Value(v) | Outcome::Error(v) => visit.call(v)?,
+                Outcome::Cancelled(Some(m)) => visit.call(m)?,
+                Outcome::Cancelled(None) | Outcome::Pending => {}
+            }
+            for (callback, context) in &st.callbacks {
+                visit.call(callback)?;
+                visit.call(context)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let callbacks = std::mem::take(&mut lock(&self.state).callbacks);
+        drop(callbacks);
     }
 
     /// An iterator that yields this future to the awaiting task until it is
@@ -486,6 +548,18 @@ impl Completions {
         }
     }
 
+    /// After a drain stopped on SystemExit or KeyboardInterrupt: schedules
+    /// another for what is left, so that no queued outcome is lost.
+    pub fn reschedule(&self, py: Python<'_>, this: &Py<Completions>) {
+        let schedule = {
+            let mut q = lock(&self.queue);
+            !q.items.is_empty() && !std::mem::replace(&mut q.draining, true)
+        };
+        if schedule {
+            let _ = self.call_soon_threadsafe.call1(py, (this.clone_ref(py),));
+        }
+    }
+
     /// Claims the drain for a loop callback that calls [`Completions::drain`] next.
     pub fn claim(&self) {
         lock(&self.queue).draining = true;
@@ -540,8 +614,29 @@ impl Completions {
 #[pymethods]
 impl Completions {
     /// Resolves the queued futures (scheduled on the loop by `push`).
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        self.drain(py)
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let drained = this.drain(slf.py());
+        if drained.is_err() {
+            this.reschedule(slf.py(), &slf.clone().unbind());
+        }
+        drained
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.call_soon_threadsafe)?;
+        visit.call(&self.wakeup_arg)?;
+        if let Ok(q) = self.queue.try_lock() {
+            for (fut, _) in &q.items {
+                visit.call(fut)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let items = std::mem::take(&mut lock(&self.queue).items);
+        drop(items);
     }
 
     /// Outcomes queued and not yet delivered.

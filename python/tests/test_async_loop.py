@@ -326,3 +326,115 @@ def test_await_iterator_protocol(calc: str) -> None:
                 next(failing.__await__())
 
     run(main())
+
+
+def test_a_callback_raising_cancelled_error_stops_nothing(calc: str) -> None:
+    """Like asyncio's handles: only SystemExit and KeyboardInterrupt leave;
+    other callbacks and other futures of the batch are still delivered."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: List[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            assert await c.add(0, 0) == 0
+            f1, f2 = c.add(1, 1), c.add(2, 2)  # one write; replies in one read
+
+            def bad(_f: Any) -> None:
+                raise asyncio.CancelledError("from a callback")
+
+            f1.add_done_callback(bad)
+            assert await asyncio.wait_for(asyncio.shield(f1), 5) == 2
+            assert await asyncio.wait_for(f2, 5) == 4
+            assert c.pending_calls == 0
+        assert [type(r.get("exception")) for r in reported] == [asyncio.CancelledError]
+
+    run(main())
+
+
+def test_done_callbacks_run_in_the_context_they_were_added_in(calc: str) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            assert await c.add(1, 1) == 2  # the reader is registered in this context
+            var.set("req-42")
+            seen: List[str] = []
+            fut = c.add(1, 2)
+            fut.add_done_callback(lambda _f: seen.append(var.get()))
+            assert await fut == 3
+            await asyncio.sleep(0)
+            assert seen == ["req-42"]
+
+    run(main())
+
+
+def test_raising_a_stored_error_again_keeps_its_traceback_short(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            failing = c.fail("x")
+            depths = []
+            for _ in range(3):
+                try:
+                    await failing
+                except foorpc.RemoteError as e:
+                    tb, n = e.__traceback__, 0
+                    while tb is not None:
+                        n, tb = n + 1, tb.tb_next
+                    depths.append(n)
+            assert depths[0] == depths[1] == depths[2]
+
+    run(main())
+
+
+def test_a_loop_that_stops_before_its_flush_does_not_cork_the_client(calc: str) -> None:
+    c = foorpc.AsyncClient(calc)
+    first = asyncio.new_event_loop()
+
+    def call_then_stop() -> None:
+        c.call("add", 1, 1)  # held back for this iteration's write...
+        first.stop()  # ...which this loop never runs
+
+    first.call_soon(call_then_stop)
+    first.run_forever()
+    first.close()
+
+    async def main() -> None:
+        assert await asyncio.wait_for(c.call("add", 1, 2), 5) == 3
+
+    run(main())
+    c._close()
+
+
+def test_garbage_with_pending_calls_is_collected(calc: str) -> None:
+    """A client dropped without close, and a task left waiting on a call when
+    its loop closed, do not keep the loop, the task or the socket alive."""
+    import gc
+    import os
+    import weakref
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    loop = asyncio.new_event_loop()
+    c = foorpc.AsyncClient(calc, timeout=30)  # an armed timeout timer
+
+    async def waiter() -> Any:
+        return await c.call("sleep_ms", 3000)
+
+    async def start() -> "weakref.ref[asyncio.Task[Any]]":
+        assert await c.add(1, 1) == 2
+        task = loop.create_task(waiter())
+        await asyncio.sleep(0.05)
+        return weakref.ref(task)
+
+    task_ref = loop.run_until_complete(start())
+    loop_ref = weakref.ref(loop)
+    loop.close()
+    del c, loop
+    for _ in range(3):
+        gc.collect()
+    assert task_ref() is None
+    assert loop_ref() is None
+    assert fds() <= before
