@@ -10,7 +10,8 @@
 //!
 //! - by the program's own event loop (asyncio, for example), which reads
 //!   when the socket is readable and flushes what its calls queued; nothing
-//!   here blocks or starts a thread for such a connection (`LoopDriven`).
+//!   here blocks or starts a thread for such a connection
+//!   (`Conn::drive_from_event_loop`).
 //!
 //! Either way the same code reads, decodes and processes messages: the
 //! `read_wanted` flag lets a reader that finds the read lock taken leave the
@@ -378,10 +379,8 @@ impl Conn {
         }
         w.cork -= 1;
         if w.cork == 0 && w.pending() {
-            if let Err(e) = self.flush_locked(&mut w) {
-                drop(w);
-                self.close(Error::ConnectionLost(format!("write failed: {e}")));
-            }
+            drop(w);
+            let _ = self.flush_now();
         }
     }
 

@@ -174,16 +174,6 @@ impl CallFuture {
         }
     }
 
-    /// The outcome as a Python result (`result()` semantics).
-    fn outcome(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match &lock(&self.state).outcome {
-            Outcome::Pending => Err(InvalidStateError::new_err("Result is not set.")),
-            Outcome::Value(v) => Ok(v.clone_ref(py)),
-            Outcome::Error(e) => Err(raise_stored(e.bind(py))),
-            Outcome::Cancelled(msg) => Err(cancelled_error(py, msg.as_ref())),
-        }
-    }
-
     /// Forgets the call and marks the future cancelled; false if it was done.
     pub(crate) fn cancel_with(
         this: &Bound<'_, CallFuture>,
@@ -324,7 +314,10 @@ impl CallFuture {
     /// The call's result; raises its error, CancelledError, or
     /// InvalidStateError while it is pending.
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.outcome(py)
+        match self.step(py) {
+            Step::Pending => Err(InvalidStateError::new_err("Result is not set.")),
+            Step::Done(r) => r,
+        }
     }
 
     /// The call's exception (None if it succeeded).
