@@ -113,6 +113,15 @@ pub fn encode_notification_params(out: &mut Vec<u8>, method: &str, params: Param
     params.write(out);
 }
 
+/// Appends `[1, msgid, nil, <bin header of len bytes>]`: a success reply
+/// whose binary result (`len` bytes) the caller sends right after.
+pub fn encode_response_bin_head(out: &mut Vec<u8>, msgid: u32, len: usize) {
+    out.extend_from_slice(&[0x94, TYPE_RESPONSE]);
+    write_uint(out, u64::from(msgid));
+    out.push(0xc0);
+    rmp::encode::write_bin_len(out, len as u32).expect("writing to a Vec cannot fail");
+}
+
 /// Appends `[1, msgid, error, result]` where `error` and `result` are
 /// already encoded values (checked with [`check_encoded`]).
 pub fn encode_response_encoded(out: &mut Vec<u8>, msgid: u32, error: &[u8], result: &[u8]) {

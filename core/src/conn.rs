@@ -18,6 +18,7 @@
 //! work to the holder, which looks again before it leaves.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -72,13 +73,67 @@ struct WriteState {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     pos: usize,
+    /// Large payloads that go out where they stand in the stream, straight
+    /// from their own buffer (one `sendmsg` with the bytes around them)
+    /// instead of being copied into `buf`; in stream order.
+    spliced: VecDeque<Spliced>,
     /// While > 0, replies are queued and flushed together when it drops to 0.
     cork: u32,
 }
 
+/// A payload that belongs in the stream right before `buf[at]`.
+struct Spliced {
+    at: usize,
+    data: Vec<u8>,
+    /// Bytes of `data` already written.
+    done: usize,
+}
+
+/// Payloads at least this large are spliced rather than copied.
+pub(crate) const SPLICE_MIN: usize = 64 * 1024;
+
 impl WriteState {
     fn pending(&self) -> bool {
-        self.pos < self.buf.len()
+        self.pos < self.buf.len() || !self.spliced.is_empty()
+    }
+
+    /// The unwritten bytes, in stream order (up to 64 pieces at a time).
+    fn unwritten(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut out = Vec::with_capacity(2 * self.spliced.len() + 1);
+        let mut start = self.pos;
+        for s in self.spliced.iter().take(32) {
+            if start < s.at {
+                out.push(std::io::IoSlice::new(&self.buf[start..s.at]));
+            }
+            out.push(std::io::IoSlice::new(&s.data[s.done..]));
+            start = s.at;
+        }
+        if start < self.buf.len() && self.spliced.len() <= 32 {
+            out.push(std::io::IoSlice::new(&self.buf[start..]));
+        }
+        out
+    }
+
+    /// Marks `n` more bytes of the stream written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let next = self.spliced.front().map_or(self.buf.len(), |s| s.at);
+            if self.pos < next {
+                let k = n.min(next - self.pos);
+                self.pos += k;
+                n -= k;
+                continue;
+            }
+            let Some(s) = self.spliced.front_mut() else {
+                break;
+            };
+            let k = n.min(s.data.len() - s.done);
+            s.done += k;
+            n -= k;
+            if s.done == s.data.len() {
+                self.spliced.pop_front();
+            }
+        }
     }
 }
 
@@ -151,6 +206,7 @@ impl Conn {
             read_wanted: AtomicBool::new(false),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
+                spliced: VecDeque::new(),
                 pos: 0,
                 cork: 0,
             }),
@@ -276,12 +332,39 @@ impl Conn {
         deadline: Option<Instant>,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
+        self.queue_and_flush(deadline, |w| encode(&mut w.buf))
+    }
+
+    /// [`Conn::send`] of a message that ends with a large payload: `head`
+    /// encodes what precedes it, and `payload` leaves from its own buffer.
+    pub(crate) fn send_spliced(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        head: impl FnOnce(&mut Vec<u8>),
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        self.queue_and_flush(deadline, |w| {
+            head(&mut w.buf);
+            let at = w.buf.len();
+            w.spliced.push_back(Spliced {
+                at,
+                data: payload,
+                done: 0,
+            });
+        })
+    }
+
+    fn queue_and_flush(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        queue: impl FnOnce(&mut WriteState),
+    ) -> Result<()> {
         let mut w = lock(&self.write);
         if self.is_closed() {
             drop(w);
             return Err(self.closed_error());
         }
-        encode(&mut w.buf);
+        queue(&mut w);
         if w.cork > 0 {
             return Ok(());
         }
@@ -305,8 +388,13 @@ impl Conn {
     /// Writes queued bytes until done (true) or the socket is full (false).
     fn flush_locked(&self, w: &mut WriteState) -> std::io::Result<bool> {
         while w.pending() {
-            match self.stream.write(&w.buf[w.pos..]) {
-                Ok(n) => w.pos += n,
+            let written = if w.spliced.is_empty() {
+                self.stream.write(&w.buf[w.pos..])
+            } else {
+                self.stream.write_vectored(&w.unwritten())
+            };
+            match written {
+                Ok(n) => w.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -674,6 +762,17 @@ impl Conn {
         self.finish_request();
     }
 
+    /// [`Conn::respond`] with a large result that leaves from its own buffer.
+    pub(crate) fn respond_spliced(
+        self: &Arc<Self>,
+        head: impl FnOnce(&mut Vec<u8>),
+        payload: Vec<u8>,
+    ) {
+        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+        let _ = self.send_spliced(deadline, head, payload);
+        self.finish_request();
+    }
+
     fn finish_request(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(server) = &self.config.server {
@@ -949,5 +1048,52 @@ fn poll_fd_events(fd: std::os::fd::RawFd, events: i16, until: Option<Instant>) -
         pfd.revents
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(w: &WriteState) -> Vec<u8> {
+        w.unwritten()
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn spliced_payloads_keep_their_place_through_partial_writes() {
+        let mut w = WriteState {
+            buf: Vec::new(),
+            pos: 0,
+            spliced: VecDeque::new(),
+            cork: 0,
+        };
+        let mut want = Vec::new();
+        for (i, size) in [5usize, 0, 7].into_iter().enumerate() {
+            let head = vec![b'h' + i as u8; 3];
+            w.buf.extend_from_slice(&head);
+            want.extend_from_slice(&head);
+            let data = vec![i as u8; size];
+            want.extend_from_slice(&data);
+            if size > 0 {
+                let at = w.buf.len();
+                w.spliced.push_back(Spliced { at, data, done: 0 });
+            }
+        }
+        w.buf.extend_from_slice(b"tail");
+        want.extend_from_slice(b"tail");
+        assert_eq!(stream_of(&w), want);
+        // Write it 2 bytes at a time: what is left is always the rest of the stream.
+        let mut written = 0;
+        while w.pending() {
+            let n = 2.min(want.len() - written);
+            w.advance(n);
+            written += n;
+            assert_eq!(stream_of(&w), &want[written..]);
+        }
+        assert_eq!(written, want.len());
+        assert!(w.spliced.is_empty());
     }
 }

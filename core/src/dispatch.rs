@@ -221,7 +221,21 @@ impl Responder {
 
     /// Answers with a result.
     pub fn ok(mut self, result: Value) {
-        self.send(&Value::Nil, &result);
+        match result {
+            // A large binary result leaves from its own buffer, not copied.
+            Value::Binary(bytes)
+                if bytes.len() >= crate::conn::SPLICE_MIN && bytes.len() <= u32::MAX as usize =>
+            {
+                if let Some(conn) = self.conn.take() {
+                    let (msgid, len) = (self.msgid, bytes.len());
+                    conn.respond_spliced(
+                        |out| codec::encode_response_bin_head(out, msgid, len),
+                        bytes,
+                    );
+                }
+            }
+            result => self.send(&Value::Nil, &result),
+        }
     }
 
     /// Answers with an error object, sent as is (foorpc's own shape is `[code, message]`).

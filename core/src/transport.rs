@@ -148,6 +148,27 @@ impl Stream {
         }
     }
 
+    /// [`Stream::write`] from several buffers in one `sendmsg`.
+    pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: an all-zero msghdr is valid; IoSlice is ABI-compatible with
+        // iovec on Unix, and the slices outlive the call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(
+                self.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     /// Switches the socket's blocking mode (it only matters to `recv_wait`
     /// and to the reactor, which wants non-blocking sockets).
     pub fn set_blocking(&self, blocking: bool) -> io::Result<()> {

@@ -398,3 +398,53 @@ fn string_error_from_a_raw_peer_is_kept() {
     drop(client);
     t.join().unwrap();
 }
+
+/// Large binary results leave from their own buffers between small replies
+/// (and while the socket is full): every reply must arrive whole and in place.
+#[test]
+fn large_binary_results_interleave_with_small_ones() {
+    let mut router = calc_router();
+    router.method_inline("blob", |params| {
+        let n = params.first().and_then(Value::as_u64).unwrap_or(0) as usize;
+        let seed = params.get(1).and_then(Value::as_u64).unwrap_or(0) as u8;
+        Ok(Value::Binary(
+            (0..n).map(|i| seed.wrapping_add(i as u8)).collect(),
+        ))
+    });
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let client = client.clone();
+            thread::spawn(move || {
+                let mut calls = Vec::new();
+                for i in 0..24u64 {
+                    let size = [70_000u64, 1 << 20, 3, 300_000][(i % 4) as usize] + t;
+                    let seed = t * 31 + i;
+                    let blob = client
+                        .call_async("blob", &[size.into(), seed.into()], CALL)
+                        .unwrap();
+                    let add = client
+                        .call_async("add", &[Value::from(i), Value::from(t)], CALL)
+                        .unwrap();
+                    calls.push((size, seed, blob, add, i + t));
+                }
+                for (size, seed, blob, add, sum) in calls {
+                    let bytes = match blob.wait().unwrap() {
+                        Value::Binary(b) => b,
+                        other => panic!("not a binary: {other}"),
+                    };
+                    assert_eq!(bytes.len() as u64, size);
+                    assert!(bytes
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == (seed as u8).wrapping_add(i as u8)));
+                    assert_eq!(add.wait().unwrap(), Value::from(sum));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
