@@ -100,10 +100,15 @@ pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), D
 
 /// Appends `[0, msgid, method, params]` with params given either way.
 pub fn encode_request_params(out: &mut Vec<u8>, msgid: u32, method: &str, params: Params<'_>) {
+    encode_request_head(out, msgid, method);
+    params.write(out);
+}
+
+/// Appends the start of a request, `[0, msgid, method,`: the params follow.
+pub fn encode_request_head(out: &mut Vec<u8>, msgid: u32, method: &str) {
     out.extend_from_slice(&[0x94, TYPE_REQUEST]);
     write_uint(out, u64::from(msgid));
     write_str(out, method.as_bytes());
-    params.write(out);
 }
 
 /// Appends `[2, method, params]` with params given either way.

@@ -354,6 +354,32 @@ impl Conn {
         })
     }
 
+    /// [`Conn::send`] of a message whose last `payload` bytes are the
+    /// caller's (encoded params or result): when nothing else is queued, it
+    /// goes out straight from the caller's buffer, and only what the socket
+    /// does not take at once is copied. Worth it for large payloads only.
+    pub(crate) fn send_borrowed(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        head: &[u8],
+        payload: &[u8],
+    ) -> Result<()> {
+        self.queue_and_flush(deadline, |w| {
+            let mut sent = 0;
+            if w.cork == 0 && !w.pending() {
+                let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(payload)];
+                // An error is met again (and handled) by the flush that follows.
+                sent = self.stream.write_vectored(&parts).unwrap_or(0);
+            }
+            if sent < head.len() {
+                w.buf.extend_from_slice(&head[sent..]);
+                w.buf.extend_from_slice(payload);
+            } else {
+                w.buf.extend_from_slice(&payload[sent - head.len()..]);
+            }
+        })
+    }
+
     fn queue_and_flush(
         self: &Arc<Self>,
         deadline: Option<Instant>,
@@ -762,6 +788,22 @@ impl Conn {
         self.finish_request();
     }
 
+    /// [`Conn::respond`] of `[1, msgid, error, result]` from encoded parts:
+    /// a large result goes out straight from the caller's buffer.
+    pub(crate) fn respond_encoded(self: &Arc<Self>, msgid: u32, error: &[u8], result: &[u8]) {
+        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+        let _ = if result.len() >= SPLICE_MIN {
+            let mut head = Vec::with_capacity(8 + error.len());
+            codec::encode_response_encoded(&mut head, msgid, error, &[]);
+            self.send_borrowed(deadline, &head, result)
+        } else {
+            self.send(deadline, |out| {
+                codec::encode_response_encoded(out, msgid, error, result)
+            })
+        };
+        self.finish_request();
+    }
+
     /// [`Conn::respond`] with a large result that leaves from its own buffer.
     pub(crate) fn respond_spliced(
         self: &Arc<Self>,
@@ -800,9 +842,17 @@ impl Conn {
                 }
             }
         }
-        if let Err(e) = self.send(deadline, |out| {
-            codec::encode_request_params(out, msgid, method, params)
-        }) {
+        let sent = match params {
+            Params::Encoded(bytes) if bytes.len() >= SPLICE_MIN => {
+                let mut head = Vec::with_capacity(8 + method.len());
+                codec::encode_request_head(&mut head, msgid, method);
+                self.send_borrowed(deadline, &head, bytes)
+            }
+            params => self.send(deadline, |out| {
+                codec::encode_request_params(out, msgid, method, params)
+            }),
+        };
+        if let Err(e) = sent {
             lock(&self.pending).take(msgid);
             return Err(e);
         }

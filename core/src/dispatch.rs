@@ -276,7 +276,7 @@ impl Responder {
         let msgid = self.msgid;
         match checked {
             Ok(()) => {
-                conn.respond(|out| codec::encode_response_encoded(out, msgid, error, result));
+                conn.respond_encoded(msgid, error, result);
                 Ok(())
             }
             Err(e) => {

@@ -128,3 +128,35 @@ fn encoded_depth_counts_the_message_envelope() {
     ));
     assert!(client.call_encoded("echo", &fits, CALL).is_ok());
 }
+
+/// Large encoded params and results go out straight from the caller's
+/// buffer when nothing else is queued, and are copied only when the socket
+/// cannot take them at once: from many threads, every byte must arrive.
+#[test]
+fn large_encoded_params_and_results_arrive_whole() {
+    let mut router = calc_router();
+    router.register("reencode", Execution::Inline, |req| {
+        let bytes = encoded(&req.params[0]);
+        let _ = req.responder.ok_encoded(&bytes);
+    });
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..12u8 {
+                    let size = [3usize, 70_000, 1 << 20, 300_000][usize::from(i % 4)];
+                    let blob = Value::Binary((0..size).map(|k| (k as u8) ^ t ^ i).collect());
+                    let params = encoded(&Value::Array(vec![blob.clone()]));
+                    let method = if i % 2 == 0 { "echo" } else { "reencode" };
+                    let got = client.call_encoded(method, &params, CALL).unwrap();
+                    assert_eq!(got, encoded(&blob), "{method} of {size} bytes");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
