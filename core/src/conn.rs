@@ -354,11 +354,28 @@ impl Conn {
         })
     }
 
-    /// [`Conn::send`] of a message whose last `payload` bytes are the
-    /// caller's (encoded params or result): when nothing else is queued, it
-    /// goes out straight from the caller's buffer, and only what the socket
-    /// does not take at once is copied. Worth it for large payloads only.
-    pub(crate) fn send_borrowed(
+    /// [`Conn::send`] of a message whose last bytes are the caller's
+    /// `payload` (encoded params or result), after what `head` encodes. A
+    /// large payload goes out straight from the caller's buffer when nothing
+    /// else is queued; only what the socket does not take at once is copied.
+    pub(crate) fn send_with_payload(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        head: impl FnOnce(&mut Vec<u8>),
+        payload: &[u8],
+    ) -> Result<()> {
+        if payload.len() < SPLICE_MIN {
+            return self.send(deadline, |out| {
+                head(out);
+                out.extend_from_slice(payload);
+            });
+        }
+        let mut first = Vec::with_capacity(64);
+        head(&mut first);
+        self.send_borrowed(deadline, &first, payload)
+    }
+
+    fn send_borrowed(
         self: &Arc<Self>,
         deadline: Option<Instant>,
         head: &[u8],
@@ -782,37 +799,19 @@ impl Conn {
         self.config.router.dispatch_request(request);
     }
 
-    /// Sends the reply to one request (called once per request, by its Responder).
-    pub(crate) fn respond(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
-        let _ = self.send(self.config.call_timeout.map(|t| Instant::now() + t), encode);
-        self.finish_request();
-    }
-
-    /// [`Conn::respond`] of `[1, msgid, error, result]` from encoded parts:
-    /// a large result goes out straight from the caller's buffer.
-    pub(crate) fn respond_encoded(self: &Arc<Self>, msgid: u32, error: &[u8], result: &[u8]) {
-        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
-        let _ = if result.len() >= SPLICE_MIN {
-            let mut head = Vec::with_capacity(8 + error.len());
-            codec::encode_response_encoded(&mut head, msgid, error, &[]);
-            self.send_borrowed(deadline, &head, result)
-        } else {
-            self.send(deadline, |out| {
-                codec::encode_response_encoded(out, msgid, error, result)
-            })
-        };
-        self.finish_request();
-    }
-
-    /// [`Conn::respond`] with a large result that leaves from its own buffer.
-    pub(crate) fn respond_spliced(
+    /// Sends the reply to one request (called once per request, by its
+    /// Responder): `send` queues it, given the reply's write deadline.
+    pub(crate) fn respond_by(
         self: &Arc<Self>,
-        head: impl FnOnce(&mut Vec<u8>),
-        payload: Vec<u8>,
+        send: impl FnOnce(&Arc<Self>, Option<Instant>) -> Result<()>,
     ) {
-        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
-        let _ = self.send_spliced(deadline, head, payload);
+        let _ = send(self, self.config.call_timeout.map(|t| Instant::now() + t));
         self.finish_request();
+    }
+
+    /// [`Conn::respond_by`] with a reply encoded into the write buffer.
+    pub(crate) fn respond(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.respond_by(|conn, deadline| conn.send(deadline, encode));
     }
 
     fn finish_request(&self) {
@@ -843,11 +842,11 @@ impl Conn {
             }
         }
         let sent = match params {
-            Params::Encoded(bytes) if bytes.len() >= SPLICE_MIN => {
-                let mut head = Vec::with_capacity(8 + method.len());
-                codec::encode_request_head(&mut head, msgid, method);
-                self.send_borrowed(deadline, &head, bytes)
-            }
+            Params::Encoded(bytes) => self.send_with_payload(
+                deadline,
+                |out| codec::encode_request_head(out, msgid, method),
+                bytes,
+            ),
             params => self.send(deadline, |out| {
                 codec::encode_request_params(out, msgid, method, params)
             }),

@@ -228,10 +228,13 @@ impl Responder {
             {
                 if let Some(conn) = self.conn.take() {
                     let (msgid, len) = (self.msgid, bytes.len());
-                    conn.respond_spliced(
-                        |out| codec::encode_response_bin_head(out, msgid, len),
-                        bytes,
-                    );
+                    conn.respond_by(|conn, deadline| {
+                        conn.send_spliced(
+                            deadline,
+                            |out| codec::encode_response_bin_head(out, msgid, len),
+                            bytes,
+                        )
+                    });
                 }
             }
             result => self.send(&Value::Nil, &result),
@@ -276,7 +279,13 @@ impl Responder {
         let msgid = self.msgid;
         match checked {
             Ok(()) => {
-                conn.respond_encoded(msgid, error, result);
+                conn.respond_by(|conn, deadline| {
+                    conn.send_with_payload(
+                        deadline,
+                        |out| codec::encode_response_encoded(out, msgid, error, &[]),
+                        result,
+                    )
+                });
                 Ok(())
             }
             Err(e) => {

@@ -231,26 +231,19 @@ impl LoopDriver {
         d.completions.get().claim();
         let open = io(&d.peer);
         let delivering = Delivering::enter(d);
+        let completions = d.completions.bind(this.py());
         let drained = if corks {
-            d.completions
-                .get()
-                .drain_in_steps(this.py(), FLUSH_EVERY, || {
-                    // Unless a callback detached this driver (and uncorked).
-                    if d.corked.load(Ordering::Acquire) {
-                        d.peer.uncork();
-                        d.peer.cork();
-                    }
-                })
+            Completions::drain_in_steps(completions, FLUSH_EVERY, || {
+                // Unless a callback detached this driver (and uncorked).
+                if d.corked.load(Ordering::Acquire) {
+                    d.peer.uncork();
+                    d.peer.cork();
+                }
+            })
         } else {
-            d.completions.get().drain(this.py())
+            Completions::drain(completions)
         };
         drop(delivering);
-        let drained = drained.map_err(|e| {
-            // A callback raised SystemExit or KeyboardInterrupt: what is
-            // left in the queue is delivered on the loop's next pass.
-            d.completions.get().reschedule(this.py(), &d.completions);
-            e
-        });
         let uncorked = if corks {
             LoopDriver::end_cork(this)
         } else {

@@ -541,41 +541,33 @@ impl Completions {
         }
     }
 
-    /// After a drain stopped on SystemExit or KeyboardInterrupt: schedules
-    /// another for what is left, so that no queued outcome is lost.
-    pub fn reschedule(&self, py: Python<'_>, this: &Py<Completions>) {
-        let schedule = {
-            let mut q = lock(&self.queue);
-            !q.items.is_empty() && !std::mem::replace(&mut q.draining, true)
-        };
-        if schedule {
-            let _ = self.call_soon_threadsafe.call1(py, (this.clone_ref(py),));
-        }
-    }
-
     /// Claims the drain for a loop callback that calls [`Completions::drain`] next.
     pub fn claim(&self) {
         lock(&self.queue).draining = true;
     }
 
     /// Resolves queued futures until the queue stays empty (on the loop).
-    pub fn drain(&self, py: Python<'_>) -> PyResult<()> {
-        self.drain_in_steps(py, usize::MAX, || {})
+    pub fn drain(this: &Bound<'_, Completions>) -> PyResult<()> {
+        Completions::drain_in_steps(this, usize::MAX, || {})
     }
 
     /// [`Completions::drain`], calling `step` after every `every` futures:
     /// the reader writes the requests the woken tasks made so far, so the
     /// server works on them while the rest of the batch is delivered.
+    ///
+    /// When a callback raises SystemExit or KeyboardInterrupt, the error
+    /// propagates and what is left is delivered by a drain scheduled on the
+    /// loop's next pass: no queued outcome is lost.
     pub fn drain_in_steps(
-        &self,
-        py: Python<'_>,
+        this: &Bound<'_, Completions>,
         every: usize,
         mut step: impl FnMut(),
     ) -> PyResult<()> {
+        let (py, me) = (this.py(), this.get());
         let mut since_step = 0;
         loop {
             let items = {
-                let mut q = lock(&self.queue);
+                let mut q = lock(&me.queue);
                 if q.items.is_empty() {
                     q.draining = false;
                     return Ok(());
@@ -589,14 +581,17 @@ impl Completions {
                     since_step = 0;
                     step();
                 }
-                if let Err(e) = CallFuture::resolve(fut.bind(py), outcome, self.wakeup_arg.as_ref())
-                {
-                    // Put back what is left so that no future is lost, then raise.
-                    let rest: Vec<Completed> = items.collect();
-                    let mut q = lock(&self.queue);
-                    let newer = std::mem::replace(&mut q.items, rest);
-                    q.items.extend(newer);
-                    q.draining = false;
+                if let Err(e) = CallFuture::resolve(fut.bind(py), outcome, me.wakeup_arg.as_ref()) {
+                    let left = {
+                        let mut q = lock(&me.queue);
+                        let newer = std::mem::replace(&mut q.items, items.collect());
+                        q.items.extend(newer);
+                        q.draining = !q.items.is_empty();
+                        q.draining
+                    };
+                    if left {
+                        let _ = me.call_soon_threadsafe.call1(py, (this,));
+                    }
                     return Err(e);
                 }
             }
@@ -608,12 +603,7 @@ impl Completions {
 impl Completions {
     /// Resolves the queued futures (scheduled on the loop by `push`).
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let this = slf.get();
-        let drained = this.drain(slf.py());
-        if drained.is_err() {
-            this.reschedule(slf.py(), &slf.clone().unbind());
-        }
-        drained
+        Completions::drain(slf)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
