@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import select
 import socket
 import statistics
 import struct
@@ -58,6 +59,10 @@ class Client:
     server: str  # "raw", "rust" or "grpc"
     argv: Callable[[str], List[str]]  # address -> command line
     available: Optional[str] = None  # None when runnable, else why not
+    # Interleaved with the other sliced clients (run_interleaved); its argv
+    # then runs the `slices` protocol instead of a one-shot run.
+    sliced: bool = False
+    calls: int = 0  # sliced clients: timed calls per round, over all slices
 
 
 @dataclass
@@ -110,14 +115,92 @@ def run_client(argv: List[str], timeout: float) -> Dict[str, float]:
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"exit {r.returncode}: {' | '.join(tail)}")
+    return parse_figures(r.stdout)
+
+
+def parse_figures(stdout: str) -> Dict[str, float]:
+    """A client's `key value` lines."""
     out = {}
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         parts = line.split()
         if len(parts) == 2:
             try:
                 out[parts[0]] = float(parts[1])
             except ValueError:
                 pass
+    return out
+
+
+SEQ_SLICES = 6  # slices per round for the interleaved seq clients
+
+
+def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: float,
+                    errors: Dict[str, str]) -> Dict[str, Dict[str, float]]:
+    """Runs the seq clients of one round slice by slice, in turn.
+
+    Every client is started at once and waits on stdin; each gets a warm-up,
+    then SEQ_SLICES slices of calls, one client at a time (the order reversed
+    on every other slice). A burst of machine noise therefore lands on all
+    of them alike, instead of on whichever client happened to be running,
+    and their p99/p50 spreads can be compared. A client that fails or stops
+    answering within `timeout` is reported in `errors` and dropped.
+    """
+    procs: Dict[str, subprocess.Popen] = {}
+    out: Dict[str, Dict[str, float]] = {}
+
+    def fail(c: "Client", why: str) -> None:
+        errors[c.key] = why
+        log(f"{c.key}: {why}")
+        p = procs.pop(c.key)
+        p.kill()
+        p.wait()
+
+    def ask(c: "Client", line: str) -> None:
+        p = procs[c.key]
+        try:
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], timeout)
+            answer = p.stdout.readline() if ready else ""
+        except OSError as e:
+            answer = f"({e})"
+        if answer.strip() != "ok":
+            tail = (p.stderr.read() if p.poll() is not None else "").strip().splitlines()[-3:]
+            fail(c, f"slice {line!r} not answered: {answer.strip() or 'no answer'} {' | '.join(tail)}")
+
+    try:
+        for c in group:
+            procs[c.key] = subprocess.Popen(c.argv(addresses[c.server]), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True, cwd=ROOT)
+        for c in group:
+            if c.key in procs:
+                ask(c, f"warm {max(c.calls // 10, 100)}")
+        for i in range(SEQ_SLICES):
+            for c in group if i % 2 == 0 else reversed(group):
+                if c.key in procs:
+                    share = c.calls // SEQ_SLICES + (i < c.calls % SEQ_SLICES)
+                    ask(c, f"run {share}")
+        for c in group:
+            p = procs.get(c.key)
+            if p is None:
+                continue
+            try:
+                stdout, stderr = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                fail(c, "no figures after its last slice")
+                continue
+            if p.returncode != 0:
+                tail = stderr.strip().splitlines()[-3:]
+                errors[c.key] = f"exit {p.returncode}: {' | '.join(tail)}"
+                log(f"{c.key}: {errors[c.key]}")
+                continue
+            out[c.key] = parse_figures(stdout)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return out
 
 
@@ -216,17 +299,23 @@ def build_clients(args, sizes: Sizes) -> List[Client]:
     floor_missing = args.floor_unavailable or None
     grpc_missing = args.grpc_unavailable or None
     clients = [
-        # sequential add(1, 2)
+        # what the machine takes from a running program, between two reads of
+        # the clock (no server; run right after the seq clients)
+        Client("machine.probe", "stall probe", "",
+               lambda a: [f"{b}/stall_probe", "0.5"], exe(f"{b}/stall_probe")),
+        # sequential add(1, 2), interleaved slice by slice (run_interleaved)
         Client("raw.seq", "raw C TCP ping-pong", "raw",
-               lambda a: [f"{b}/raw_client", a, "seq", str(n.seq_native)], exe(f"{b}/raw_client")),
+               lambda a: [f"{b}/raw_client", a, "slices", str(n.seq_native)], exe(f"{b}/raw_client"), True, n.seq_native),
         Client("rust.seq", "Rust client", "rust",
-               lambda a: [f"{rust}/bench_client", a, "seq", str(n.seq_native)], exe(f"{rust}/bench_client")),
+               lambda a: [f"{rust}/bench_client", a, "slices", str(n.seq_native)], exe(f"{rust}/bench_client"), True, n.seq_native),
         Client("c.seq", "C client (libfoorpc)", "rust",
-               lambda a: [f"{b}/foorpc_client", a, "seq", str(n.seq_native)], c_missing),
+               lambda a: [f"{b}/foorpc_client", a, "slices", str(n.seq_native)], c_missing, True, n.seq_native),
         Client("floor.seq", "Python floor (msgpack + socket)", "rust",
-               lambda a: [py, f"{pyd}/floor_client.py", a, "seq", str(n.seq_python)], floor_missing),
+               lambda a: [py, f"{pyd}/floor_client.py", a, "slices", str(n.seq_python)], floor_missing, True, n.seq_python),
         Client("py.seq", "Python foorpc.Client", "rust",
-               lambda a: [py, f"{pyd}/foorpc_client.py", a, "seq", str(n.seq_python)], py_missing),
+               lambda a: [py, f"{pyd}/foorpc_client.py", a, "slices", str(n.seq_python)], py_missing, True, n.seq_python),
+        # grpcio runs on its own: its client's background threads would
+        # otherwise stay alive beside the other clients' slices.
         Client("grpc.seq", "grpcio sync unary (Python)", "grpc",
                lambda a: [py, f"{pyd}/grpc_bench.py", a, "seq", str(n.seq_grpc)], grpc_missing),
         # 64 in flight on one connection
@@ -261,6 +350,8 @@ def build_clients(args, sizes: Sizes) -> List[Client]:
 
 # (figure name, client key, output key, unit, scale)
 FIGURES = [
+    ("machine.stalls", "machine.probe", "stalls_per_s", "per_s_per_cpu", 1),
+    ("machine.stall_mean", "machine.probe", "stall_mean_ns", "us", 1e-3),
     ("seq_p50.raw_c", "raw.seq", "seq_p50_ns", "us", 1e-3),
     ("seq_p99.raw_c", "raw.seq", "seq_p99_ns", "us", 1e-3),
     ("seq_p50.rust", "rust.seq", "seq_p50_ns", "us", 1e-3),
@@ -332,13 +423,22 @@ def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
         for r in range(total_rounds):
             measured = r >= args.warmup
             log(f"{mode}: round {r + 1}/{total_rounds}{'' if measured else ' (warm-up)'}")
-            order = clients if r % 2 == 0 else list(reversed(clients))
-            got: Dict[str, Dict[str, float]] = {}
+            runnable = [c for c in clients
+                        if not c.available and c.key not in errors and (c.server in servers or not c.server)]
+            group = [c for c in runnable if c.sliced]
+            if r % 2:
+                group.reverse()
+            addresses = {k: s.address for k, s in servers.items()}
+            addresses[""] = ""
+            got = run_interleaved(group, addresses, args.timeout, errors)
+            order = [c for c in runnable if not c.sliced and c.server]
+            if r % 2:
+                order.reverse()
+            # The stall probe runs first, right after the seq clients it explains.
+            order = [c for c in runnable if not c.server] + order
             for c in order:
-                if c.available or c.key in errors or c.server not in servers:
-                    continue
                 try:
-                    got[c.key] = run_client(c.argv(servers[c.server].address), args.timeout)
+                    got[c.key] = run_client(c.argv(addresses[c.server]), args.timeout)
                 except Exception as e:
                     errors[c.key] = str(e)
                     log(f"{c.key}: {e}")

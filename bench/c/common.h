@@ -39,6 +39,65 @@ static inline void die(const char *what) {
     exit(1);
 }
 
+/* `slices` mode, shared by every seq client so that the driver can
+ * interleave them: each stdin line `warm K` or `run K` asks for K calls
+ * (`run` ones are timed), answered with `ok` once done. At EOF the client
+ * prints the percentiles of every timed call. Returns the next K (0 at EOF)
+ * and sets *timed. */
+static inline long next_slice(int *timed) {
+    char line[64];
+    long k = 0;
+    if (!fgets(line, sizeof line, stdin)) return 0;
+    if (sscanf(line, "warm %ld", &k) == 1 && k > 0) {
+        *timed = 0;
+        return k;
+    }
+    if (sscanf(line, "run %ld", &k) == 1 && k > 0) {
+        *timed = 1;
+        return k;
+    }
+    fprintf(stderr, "slices: bad line %s", line);
+    exit(2);
+}
+
+/* Answers a slice once its calls are done. */
+static inline void slice_done(void) {
+    fputs("ok\n", stdout);
+    fflush(stdout);
+}
+
+/* Sequential calls of `one_call(ctx)`, each timed, then their p50/p99.
+ * `seq N`: a warm-up of N/10 (at least 100) calls, then N timed ones.
+ * `slices N`: the slices read from stdin (next_slice), at most N timed. */
+static inline void run_seq(int sliced, long n, void (*one_call)(void *), void *ctx) {
+    uint64_t *lat = malloc((size_t)n * sizeof *lat);
+    if (!lat) die("malloc");
+    size_t timed_calls = 0;
+    int timed = 0;
+    long k = sliced ? next_slice(&timed) : (n / 10 > 100 ? n / 10 : 100);
+    while (k > 0) {
+        for (long i = 0; i < k; i++) {
+            uint64_t t = now_ns();
+            one_call(ctx);
+            uint64_t d = now_ns() - t;
+            if (timed && timed_calls < (size_t)n) lat[timed_calls++] = d;
+        }
+        if (sliced) {
+            slice_done();
+            k = next_slice(&timed);
+        } else {
+            k = timed ? 0 : n;
+            timed = 1;
+        }
+    }
+    if (timed_calls == 0) {
+        fprintf(stderr, "seq: no timed calls\n");
+        exit(2);
+    }
+    print_percentiles(lat, timed_calls);
+    free(lat);
+}
+
 static inline void write_all(int fd, const void *buf, size_t len) {
     const char *p = buf;
     while (len > 0) {

@@ -1,9 +1,11 @@
 /* foorpc's C client under test (libfoorpc, include/foorpc.h), against the
  * Rust bench server.
  *
- * Usage: foorpc_client tcp://127.0.0.1:PORT seq N | pipe N WINDOW | echo N BYTES
+ * Usage: foorpc_client tcp://127.0.0.1:PORT seq N | slices N | pipe N WINDOW | echo N BYTES
  * - seq: N sequential foorpc_client_call("add", [1, 2]), result decoded with
  *   foorpc_reader; prints seq_p50_ns / seq_p99_ns;
+ * - slices: the same calls, driven slice by slice from stdin (next_slice in
+ *   common.h);
  * - pipe: N calls with WINDOW in flight on one connection: WINDOW
  *   foorpc_client_call_async calls, and each completion callback sends the
  *   next one (a sliding window); prints pipe_calls_per_s;
@@ -81,9 +83,25 @@ static void pipeline(struct pipe_state *st, long total, long window) {
     if (atomic_load(&st->failed)) check((foorpc_result)atomic_load(&st->failed), "async add");
 }
 
+/* A sequential add(1, 2): its params are encoded once, up front. */
+struct add_call {
+    foorpc_client *client;
+    const uint8_t *params;
+    size_t params_len;
+};
+
+static void add_once(void *ctx) {
+    struct add_call *a = ctx;
+    foorpc_buf *out;
+    check(foorpc_client_call(a->client, "add", a->params, a->params_len, 0, &out), "add");
+    int64_t v = result_int(out);
+    foorpc_buf_free(out);
+    if (v != 3) die("add result");
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: foorpc_client ADDRESS seq N | pipe N WINDOW | echo N BYTES\n");
+        fprintf(stderr, "usage: foorpc_client ADDRESS seq N | slices N | pipe N WINDOW | echo N BYTES\n");
         return 2;
     }
     const char *what = argv[2];
@@ -94,30 +112,12 @@ int main(int argc, char **argv) {
     foorpc_writer *w;
     check(foorpc_writer_new(&w), "writer");
 
-    if (strcmp(what, "seq") == 0) {
+    if (strcmp(what, "seq") == 0 || strcmp(what, "slices") == 0) {
         foorpc_writer_array(w, 2);
         foorpc_writer_int(w, 1);
         foorpc_writer_int(w, 2);
-        const uint8_t *p = foorpc_writer_data(w);
-        size_t plen = foorpc_writer_len(w);
-        long warm = n / 10 > 100 ? n / 10 : 100;
-        for (long i = 0; i < warm; i++) {
-            foorpc_buf *out;
-            check(foorpc_client_call(client, "add", p, plen, 0, &out), "add");
-            if (result_int(out) != 3) die("add result");
-            foorpc_buf_free(out);
-        }
-        uint64_t *lat = malloc((size_t)n * sizeof *lat);
-        for (long i = 0; i < n; i++) {
-            uint64_t t = now_ns();
-            foorpc_buf *out;
-            check(foorpc_client_call(client, "add", p, plen, 0, &out), "add");
-            int64_t v = result_int(out);
-            foorpc_buf_free(out);
-            lat[i] = now_ns() - t;
-            if (v != 3) die("add result");
-        }
-        print_percentiles(lat, (size_t)n);
+        struct add_call add = {client, foorpc_writer_data(w), foorpc_writer_len(w)};
+        run_seq(strcmp(what, "slices") == 0, n, add_once, &add);
     } else if (strcmp(what, "pipe") == 0) {
         long window = extra > 0 ? extra : 64;
         foorpc_writer_array(w, 2);

@@ -1,7 +1,8 @@
 /* Baseline: a raw blocking TCP client for raw_server, sending exactly the
  * bytes foorpc sends (an add(1, 2) request, or an echo of a bin payload).
  *
- * Usage: raw_client tcp://127.0.0.1:PORT seq N | pipe N WINDOW | echo N BYTES
+ * Usage: raw_client tcp://127.0.0.1:PORT seq N | slices N | pipe N WINDOW | echo N BYTES
+ * (`slices`: seq driven slice by slice from stdin, see next_slice in common.h)
  * Prints the same figures as the other clients: seq_p50_ns / seq_p99_ns,
  * pipe_calls_per_s, echo_mib_per_s.
  */
@@ -34,30 +35,25 @@ static int dial(const char *address, size_t req_len, const unsigned char *resp, 
     return fd;
 }
 
+/* One add(1, 2) round trip: the request's bytes out, the reply's bytes in. */
+static void add_once(void *fdp) {
+    int fd = *(int *)fdp;
+    unsigned char reply[sizeof ADD_RESPONSE];
+    write_all(fd, ADD_REQUEST, sizeof ADD_REQUEST);
+    read_all(fd, reply, sizeof reply);
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: raw_client ADDRESS seq N | pipe N WINDOW | echo N BYTES\n");
+        fprintf(stderr, "usage: raw_client ADDRESS seq N | slices N | pipe N WINDOW | echo N BYTES\n");
         return 2;
     }
     const char *what = argv[2];
     long n = atol(argv[3]);
     long extra = argc > 4 ? atol(argv[4]) : 0;
-    if (strcmp(what, "seq") == 0) {
+    if (strcmp(what, "seq") == 0 || strcmp(what, "slices") == 0) {
         int fd = dial(argv[1], sizeof ADD_REQUEST, ADD_RESPONSE, sizeof ADD_RESPONSE);
-        unsigned char reply[sizeof ADD_RESPONSE];
-        long warm = n / 10 > 100 ? n / 10 : 100;
-        for (long i = 0; i < warm; i++) {
-            write_all(fd, ADD_REQUEST, sizeof ADD_REQUEST);
-            read_all(fd, reply, sizeof reply);
-        }
-        uint64_t *lat = malloc((size_t)n * sizeof *lat);
-        for (long i = 0; i < n; i++) {
-            uint64_t t = now_ns();
-            write_all(fd, ADD_REQUEST, sizeof ADD_REQUEST);
-            read_all(fd, reply, sizeof reply);
-            lat[i] = now_ns() - t;
-        }
-        print_percentiles(lat, (size_t)n);
+        run_seq(strcmp(what, "slices") == 0, n, add_once, &fd);
     } else if (strcmp(what, "pipe") == 0) {
         /* A sliding window: WINDOW requests out, then each read's complete
          * replies are answered with as many new requests (one write). */

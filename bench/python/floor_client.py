@@ -1,7 +1,8 @@
 """The Python floor: a hand-written MessagePack-RPC client on a blocking
 socket (the msgpack package, nothing else), against the Rust bench server.
 
-Usage: floor_client.py ADDRESS seq N | pipe N WINDOW | echo N BYTES
+Usage: floor_client.py ADDRESS seq N | slices N | pipe N WINDOW | echo N BYTES
+(`slices`: seq driven slice by slice from stdin, see common.run_seq)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 import msgpack
 
-from common import args, print_bandwidth, print_latencies, print_rate
+from common import args, print_bandwidth, print_rate, run_seq
 
 
 class FloorClient:
@@ -71,16 +72,8 @@ class FloorClient:
 def main() -> None:
     host, port, _, what, n, extra = args()
     c = FloorClient(host, port)
-    if what == "seq":
-        for _ in range(max(n // 10, 100)):
-            c.call("add", 1, 2)
-        lat = []
-        clock = time.perf_counter_ns
-        for _ in range(n):
-            t = clock()
-            c.call("add", 1, 2)
-            lat.append(clock() - t)
-        print_latencies(lat)
+    if what in ("seq", "slices"):
+        run_seq(what == "slices", n, lambda: c.call("add", 1, 2))
     elif what == "pipe":
         window = extra or 64
         c.pipeline(max(n // 10, window * 4), window)

@@ -1,7 +1,7 @@
 """foorpc's Python clients under test, against the Rust bench server.
 
-Usage: foorpc_client.py ADDRESS seq N | pipe N WINDOW | echo N BYTES
-- seq and echo use the synchronous ``foorpc.Client``;
+Usage: foorpc_client.py ADDRESS seq N | slices N | pipe N WINDOW | echo N BYTES
+- seq, slices (see common.run_seq) and echo use the synchronous ``foorpc.Client``;
 - pipe uses ``foorpc.AsyncClient`` under asyncio: WINDOW tasks each calling
   ``add(1, 2)`` in a loop keep WINDOW calls in flight on one connection.
 """
@@ -14,7 +14,7 @@ import time
 
 import foorpc
 
-from common import args, print_bandwidth, print_latencies, print_rate
+from common import args, print_bandwidth, print_rate, run_seq
 
 
 async def open_async(address: str):
@@ -64,16 +64,8 @@ def main() -> None:
         return
     client = foorpc.Client(address)
     call = client.call
-    if what == "seq":
-        for _ in range(max(n // 10, 100)):
-            call("add", 1, 2)
-        lat = []
-        clock = time.perf_counter_ns
-        for _ in range(n):
-            t = clock()
-            call("add", 1, 2)
-            lat.append(clock() - t)
-        print_latencies(lat)
+    if what in ("seq", "slices"):
+        run_seq(what == "slices", n, lambda: call("add", 1, 2))
     elif what == "echo":
         payload = b"\xab" * extra
         for _ in range(max(n // 10, 3)):

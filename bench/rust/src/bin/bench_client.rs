@@ -2,6 +2,7 @@
 //!
 //! Usage: `bench_client ADDRESS WHAT N [ARG]`, WHAT one of
 //! - `seq N`: N sequential `add(1, 2)` calls; prints `seq_p50_ns`, `seq_p99_ns`;
+//! - `slices N`: the same calls, driven slice by slice from stdin (`Slices`);
 //! - `pipe N WINDOW`: N `add(1, 2)` calls with WINDOW in flight on one
 //!   connection (call_async + wait, sliding window); prints `pipe_calls_per_s`;
 //! - `pipebatch N WINDOW`: call_async + wait as the raw C floor pipelines:
@@ -16,6 +17,7 @@
 //! Each command first runs a short warm-up that is not measured.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +27,71 @@ use foorpc::{Client, Value};
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// How a seq run is told what to do.
+enum Slices {
+    /// `seq N`: a warm-up of N/10 (at least 100) calls, then N timed ones.
+    Once(usize),
+    /// `slices N`: stdin lines `warm K` / `run K` ask for K calls (`run` ones
+    /// timed), each answered `ok`; this lets the bench driver interleave the
+    /// seq clients so that they all meet the same machine noise.
+    FromStdin,
+}
+
+/// The next (count, timed) slice, or None when the run is over.
+fn next_slice(
+    how: &Slices,
+    done: usize,
+    lines: &mut impl Iterator<Item = String>,
+) -> Option<(usize, bool)> {
+    match how {
+        Slices::Once(n) => match done {
+            0 => Some(((n / 10).max(100), false)),
+            1 => Some((*n, true)),
+            _ => None,
+        },
+        Slices::FromStdin => {
+            let line = lines.next()?;
+            let (word, k) = line
+                .trim()
+                .split_once(' ')
+                .expect("slices: `warm K` or `run K`");
+            let k: usize = k.parse().expect("slices: count");
+            match word {
+                "warm" => Some((k, false)),
+                "run" => Some((k, true)),
+                _ => panic!("slices: bad line {line:?}"),
+            }
+        }
+    }
+}
+
+/// Sequential timed calls of `one_call`; prints p50 and p99 of the timed ones
+/// (at most `cap` of them).
+fn run_seq(how: Slices, cap: usize, mut one_call: impl FnMut()) {
+    let mut lines = std::io::stdin().lines().map(|l| l.expect("stdin"));
+    let mut lat = Vec::with_capacity(cap);
+    let mut slice = 0;
+    while let Some((k, timed)) = next_slice(&how, slice, &mut lines) {
+        for _ in 0..k {
+            let t = Instant::now();
+            one_call();
+            let d = t.elapsed().as_nanos() as u64;
+            if timed && lat.len() < cap {
+                lat.push(d);
+            }
+        }
+        if matches!(how, Slices::FromStdin) {
+            println!("ok");
+            std::io::stdout().flush().expect("stdout");
+        }
+        slice += 1;
+    }
+    assert!(!lat.is_empty(), "seq: no timed calls");
+    lat.sort_unstable();
+    println!("seq_p50_ns {}", percentile(&lat, 0.50));
+    println!("seq_p99_ns {}", percentile(&lat, 0.99));
 }
 
 fn main() {
@@ -45,20 +112,8 @@ fn main() {
         debug_assert_eq!(v.as_i64(), Some(3));
     };
     match args[2].as_str() {
-        "seq" => {
-            for _ in 0..(n / 10).max(100) {
-                add(&client);
-            }
-            let mut lat = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = Instant::now();
-                add(&client);
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            lat.sort_unstable();
-            println!("seq_p50_ns {}", percentile(&lat, 0.50));
-            println!("seq_p99_ns {}", percentile(&lat, 0.99));
-        }
+        "seq" => run_seq(Slices::Once(n), n, || add(&client)),
+        "slices" => run_seq(Slices::FromStdin, n, || add(&client)),
         "pipe" => {
             let window = extra.max(1);
             let run = |count: usize| {
