@@ -78,6 +78,18 @@ pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), D
     if array && !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
         return Err(invalid("params must be one MessagePack array"));
     }
+    if scalars_only(bytes, limits) {
+        return Ok(());
+    }
+    check_scanned(bytes, limits)
+}
+
+/// `check_encoded`'s full scan.
+fn check_scanned(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+    let invalid = |reason: &str| DecodeError::Invalid {
+        msgid: None,
+        reason: reason.to_owned(),
+    };
     thread_local! {
         /// One scanner per thread, so that a check does not allocate.
         static SCANNER: std::cell::RefCell<Decoder> =
@@ -95,6 +107,44 @@ pub fn check_encoded(bytes: &[u8], limits: &Limits, array: bool) -> Result<(), D
         Some(n) if n == bytes.len() => Ok(()),
         Some(_) => Err(invalid("bytes follow the MessagePack value")),
         None => Err(invalid("the MessagePack value is incomplete")),
+    }
+}
+
+/// True when `bytes` is one scalar, or a fixarray of scalars, exactly and
+/// within `limits`: the common small params and results, checked in one pass.
+/// False sends everything else through the full scan, which also gives the
+/// reason when the bytes are not valid.
+fn scalars_only(bytes: &[u8], limits: &Limits) -> bool {
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    if bytes.len() > limits.max_message_size {
+        return false;
+    }
+    let (count, mut pos) = match first {
+        // The array is one level inside the message array.
+        0x90..=0x9f if limits.max_depth >= 2 => (usize::from(first & 0x0f), 1),
+        _ => (1, 0),
+    };
+    for _ in 0..count {
+        match bytes.get(pos).and_then(|&b| scalar_len(b)) {
+            Some(n) => pos += n,
+            None => return false,
+        }
+    }
+    pos == bytes.len()
+}
+
+/// The size of a nil, bool, int or float item from its first byte; `None`
+/// for every other kind.
+fn scalar_len(first: u8) -> Option<usize> {
+    match first {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(1),
+        0xcc | 0xd0 => Some(2),
+        0xcd | 0xd1 => Some(3),
+        0xce | 0xd2 | 0xca => Some(5),
+        0xcf | 0xd3 | 0xcb => Some(9),
+        _ => None,
     }
 }
 
@@ -438,6 +488,21 @@ impl Decoder {
         if buf.len() < self.need {
             return Ok(None);
         }
+        if self.pos == 0 {
+            if let Some(done) = scalar_response(buf, self.max_size, raw_result) {
+                self.reset();
+                return Ok(Some(done));
+            }
+        }
+        self.decode_scanned(buf, raw_result)
+    }
+
+    /// `decode_with` without the one-pass path for scalar replies.
+    fn decode_scanned(
+        &mut self,
+        buf: &[u8],
+        raw_result: &dyn Fn(u32) -> bool,
+    ) -> Result<Option<(Message, usize)>, DecodeError> {
         let Some(end) = self.scan(buf)? else {
             return Ok(None);
         };
@@ -782,6 +847,59 @@ fn msgid_of(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
+/// The most common reply, read in one pass: `[1, msgid, nil, scalar]` with
+/// the msgid a positive fixint or uint 8/16/32 and the result a nil, bool,
+/// int or float, all of it in `buf` and within `max_size`. Anything else
+/// (an error, a container result, a short buffer) returns `None` and goes
+/// through the general scan and parse, which give the same `Message` for
+/// these bytes: this only skips their per-item bookkeeping.
+fn scalar_response(
+    buf: &[u8],
+    max_size: usize,
+    raw_result: &dyn Fn(u32) -> bool,
+) -> Option<(Message, usize)> {
+    if buf.get(..2)? != [0x94, 0x01] {
+        return None;
+    }
+    let (msgid, id_len) = match *buf.get(2)? {
+        b @ 0x00..=0x7f => (u32::from(b), 1),
+        0xcc => (u32::from(*buf.get(3)?), 2),
+        0xcd => (
+            u32::from(u16::from_be_bytes(buf.get(3..5)?.try_into().ok()?)),
+            3,
+        ),
+        0xce => (u32::from_be_bytes(buf.get(3..7)?.try_into().ok()?), 5),
+        _ => return None,
+    };
+    let error_at = 2 + id_len;
+    if *buf.get(error_at)? != 0xc0 {
+        return None;
+    }
+    let result_at = error_at + 1;
+    let result_len = scalar_len(*buf.get(result_at)?)?;
+    let end = result_at + result_len;
+    if end > buf.len() || end > max_size {
+        return None;
+    }
+    let result = if raw_result(msgid) {
+        let mut bytes = crate::bufpool::take(result_len);
+        bytes.extend_from_slice(&buf[result_at..end]);
+        Value::Binary(bytes)
+    } else {
+        let mut r = Reader {
+            buf: &buf[..end],
+            pos: result_at,
+        };
+        r.value().ok()?
+    };
+    let msg = Message::Response {
+        msgid,
+        error: Value::Nil,
+        result,
+    };
+    Some((msg, end))
+}
+
 /// Validates one complete, well-formed object as a MessagePack-RPC message,
 /// building the envelope directly (no `Value` for the outer array).
 fn parse_message(buf: &[u8], raw_result: &dyn Fn(u32) -> bool) -> Result<Message, DecodeError> {
@@ -1115,5 +1233,143 @@ mod tests {
             e.to_string(),
             "invalid MessagePack-RPC request 3: params must be an array, got an integer"
         );
+    }
+
+    /// The one-pass path for scalar replies gives exactly what the general
+    /// scan and parse give, for every prefix of every reply shape near it
+    /// (msgid and result encodings it takes and ones it leaves, errors,
+    /// containers, trailing bytes), with and without a raw result, and
+    /// under size limits that cut the reply.
+    #[test]
+    fn scalar_reply_path_matches_the_general_decoder() {
+        let msgids: Vec<Vec<u8>> = vec![
+            vec![0x00],
+            vec![0x7f],
+            vec![0xcc, 0xc8],
+            vec![0xcd, 0x9c, 0x40],
+            vec![0xce, 0xb2, 0xd0, 0x5e, 0x00],
+            vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 9],
+            vec![0xd0, 0x05],
+            vec![0xff],
+            vec![0xc0],
+        ];
+        let errors: Vec<Vec<u8>> = vec![vec![0xc0], vec![0xa1, b'x'], vec![0x01]];
+        let mut results: Vec<Vec<u8>> =
+            vec![vec![0x92, 0x01, 0x02], vec![0xa2, b'o', b'k'], vec![0xc1]];
+        for v in samples() {
+            let mut b = Vec::new();
+            encode_value(&mut b, &v);
+            // Every header form; long bodies add nothing but time here.
+            if b.len() <= 64 {
+                results.push(b);
+            }
+        }
+        results.extend([
+            vec![0xca, 0x3f, 0x80, 0, 0],
+            vec![0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+        ]);
+        let mut checked_fast = 0;
+        for id in &msgids {
+            for err in &errors {
+                for res in &results {
+                    let mut msg = vec![0x94, 0x01];
+                    msg.extend_from_slice(id);
+                    msg.extend_from_slice(err);
+                    msg.extend_from_slice(res);
+                    let mut with_tail = msg.clone();
+                    with_tail.extend_from_slice(&[0x94, 0x01, 0x02, 0xc0, 0x03]);
+                    for buf in [&msg, &with_tail] {
+                        for cut in 0..=buf.len() {
+                            for max in [msg.len() - 1, msg.len(), 1 << 20] {
+                                for raw in [false, true] {
+                                    let lim = limits(max, 8);
+                                    let raw_result = |_: u32| raw;
+                                    let fast =
+                                        Decoder::new(&lim).decode_with(&buf[..cut], &raw_result);
+                                    let general =
+                                        Decoder::new(&lim).decode_scanned(&buf[..cut], &raw_result);
+                                    assert_eq!(
+                                        format!("{fast:?}"),
+                                        format!("{general:?}"),
+                                        "bytes {:02x?}, max {max}, raw {raw}",
+                                        &buf[..cut]
+                                    );
+                                    if scalar_response(&buf[..cut], max, &raw_result).is_some() {
+                                        checked_fast += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            checked_fast > 1000,
+            "the one-pass path ran {checked_fast} times"
+        );
+    }
+
+    /// The one-pass check of scalar params accepts only what the full scan
+    /// accepts: every 1- and 2-byte string, and arrays of every sample
+    /// (whole, cut short, with a byte more), under tight and loose limits.
+    #[test]
+    fn scalar_params_check_agrees_with_the_full_scan() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for a in 0..=255u8 {
+            inputs.push(vec![a]);
+            for b in 0..=255u8 {
+                inputs.push(vec![a, b]);
+            }
+        }
+        let scalars: Vec<Value> = samples()
+            .into_iter()
+            .filter(|v| {
+                !matches!(
+                    v,
+                    Value::String(_)
+                        | Value::Binary(_)
+                        | Value::Array(_)
+                        | Value::Map(_)
+                        | Value::Ext(..)
+                )
+            })
+            .collect();
+        for n in 0..=3 {
+            for start in 0..scalars.len() {
+                let items: Vec<Value> = (0..n)
+                    .map(|i| scalars[(start + i) % scalars.len()].clone())
+                    .collect();
+                let mut b = Vec::new();
+                encode_value(&mut b, &Value::Array(items));
+                for cut in 0..b.len() {
+                    inputs.push(b[..cut].to_vec());
+                }
+                let mut more = b.clone();
+                more.push(0xc0);
+                inputs.push(more);
+                inputs.push(b);
+            }
+        }
+        let mut fast = 0;
+        for bytes in &inputs {
+            for (size, depth) in [
+                (1 << 20, 64),
+                (bytes.len(), 2),
+                (bytes.len().saturating_sub(1), 64),
+                (1 << 20, 1),
+            ] {
+                let lim = limits(size, depth);
+                if scalars_only(bytes, &lim) {
+                    fast += 1;
+                    assert_eq!(
+                        check_scanned(bytes, &lim),
+                        Ok(()),
+                        "bytes {bytes:02x?}, size {size}, depth {depth}"
+                    );
+                }
+            }
+        }
+        assert!(fast > 2000, "the one-pass check accepted {fast} inputs");
     }
 }
