@@ -46,7 +46,40 @@ type Callback = (Py<PyAny>, Option<Py<PyAny>>);
 
 struct FutureState {
     outcome: Outcome,
-    callbacks: Vec<Callback>,
+    callbacks: Callbacks,
+}
+
+/// Done callbacks in registration order. There is nearly always exactly one
+/// (the awaiting Task's wake-up), kept inline so that registering it does
+/// not allocate.
+#[derive(Default)]
+struct Callbacks {
+    /// None only while `rest` is empty too.
+    first: Option<Callback>,
+    rest: Vec<Callback>,
+}
+
+impl Callbacks {
+    fn push(&mut self, callback: Callback) {
+        if self.first.is_none() {
+            self.first = Some(callback);
+        } else {
+            self.rest.push(callback);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Callback> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl IntoIterator for Callbacks {
+    type Item = Callback;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Callback>, std::vec::IntoIter<Callback>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 /// The awaitable result of one asyncio call (a future of its event loop).
@@ -69,7 +102,7 @@ impl CallFuture {
             blocking: AtomicBool::new(false),
             state: Mutex::new(FutureState {
                 outcome: Outcome::Pending,
-                callbacks: Vec::new(),
+                callbacks: Callbacks::default(),
             }),
             call,
         }
@@ -119,7 +152,7 @@ impl CallFuture {
                 if let Err(fatal) = fut.report(py, err, &callback) {
                     // SystemExit or KeyboardInterrupt leaves; the other
                     // callbacks still run, on the loop's next pass.
-                    let _ = fut.schedule(this, callbacks.collect());
+                    let _ = fut.schedule(this, callbacks);
                     return Err(fatal);
                 }
             }
@@ -149,7 +182,11 @@ impl CallFuture {
 
     /// Schedules callbacks the way asyncio.Future does (used when the
     /// future completes outside a loop callback: cancel, late registration).
-    fn schedule(&self, this: &Bound<'_, CallFuture>, callbacks: Vec<Callback>) -> PyResult<()> {
+    fn schedule(
+        &self,
+        this: &Bound<'_, CallFuture>,
+        callbacks: impl IntoIterator<Item = Callback>,
+    ) -> PyResult<()> {
         let py = this.py();
         for (callback, context) in callbacks {
             let kwargs = PyDict::new(py);
@@ -158,6 +195,16 @@ impl CallFuture {
                 .call_method(py, "call_soon", (callback, this), Some(&kwargs))?;
         }
         Ok(())
+    }
+
+    /// Puts callbacks taken out for a scan back, before any that Python
+    /// code run by the scan registered meanwhile.
+    fn put_back(&self, mut kept: Callbacks) {
+        let mut st = lock(&self.state);
+        for callback in std::mem::take(&mut st.callbacks) {
+            kept.push(callback);
+        }
+        st.callbacks = kept;
     }
 
     fn is_done(&self) -> bool {
@@ -349,24 +396,29 @@ impl CallFuture {
                 return Ok(());
             }
         }
-        fut.schedule(slf, vec![(callback, Some(context))])
+        fut.schedule(slf, [(callback, Some(context))])
     }
 
     /// Removes every registration of `callback`; returns how many.
     fn remove_done_callback(&self, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
         let registered = std::mem::take(&mut lock(&self.state).callbacks);
-        let mut kept = Vec::with_capacity(registered.len());
+        let mut kept = Callbacks::default();
         let mut removed = 0;
-        for (cb, ctx) in registered {
-            if cb.bind(callback.py()).eq(callback)? {
-                removed += 1;
-            } else {
-                kept.push((cb, ctx));
+        let mut registered = registered.into_iter();
+        for (cb, ctx) in registered.by_ref() {
+            match cb.bind(callback.py()).eq(callback) {
+                Ok(true) => removed += 1,
+                Ok(false) => kept.push((cb, ctx)),
+                Err(e) => {
+                    // Keep every registration, in order, and report.
+                    kept.push((cb, ctx));
+                    kept.rest.extend(registered);
+                    self.put_back(kept);
+                    return Err(e);
+                }
             }
         }
-        let mut st = lock(&self.state);
-        kept.append(&mut st.callbacks);
-        st.callbacks = kept;
+        self.put_back(kept);
         Ok(removed)
     }
 
@@ -407,7 +459,7 @@ impl CallFuture {
                 Outcome::Cancelled(Some(m)) => visit.call(m)?,
                 Outcome::Cancelled(None) | Outcome::Pending => {}
             }
-            for (callback, context) in &st.callbacks {
+            for (callback, context) in st.callbacks.iter() {
                 visit.call(callback)?;
                 visit.call(context)?;
             }

@@ -126,6 +126,35 @@ def test_done_callbacks_run_and_errors_reach_the_loop(calc: str) -> None:
     run(main())
 
 
+def test_done_callbacks_keep_their_order_through_removal(calc: str) -> None:
+    """Several callbacks run in registration order; removing one keeps the
+    others in order, and a comparison that raises removes nothing."""
+
+    class Unequal:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("cannot compare")
+
+        __hash__ = object.__hash__
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            order: List[str] = []
+            fut = c.add(1, 1)
+            for name in ("a", "b", "c", "d"):
+                fut.add_done_callback(lambda _f, name=name: order.append(name))
+            drop = order.append
+            fut.add_done_callback(drop)
+            assert fut.remove_done_callback(drop) == 1
+            assert fut.remove_done_callback(drop) == 0
+            with pytest.raises(RuntimeError, match="cannot compare"):
+                fut.remove_done_callback(Unequal())
+            assert await fut == 2
+            await asyncio.sleep(0)
+            assert order == ["a", "b", "c", "d"]
+
+    run(main())
+
+
 def test_per_call_timeout_earlier_than_the_armed_one(calc: str) -> None:
     async def main() -> None:
         async with await foorpc.AsyncClient.connect(calc, timeout=30) as c:
