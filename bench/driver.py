@@ -45,6 +45,9 @@ class Sizes:
 
 FULL = Sizes(50000, 20000, 3000, 1000000, 300000, 500000, 150000, 200, 1000)
 QUICK = Sizes(30000, 15000, 1000, 400000, 100000, 200000, 60000, 100, 1000)
+# `--smoke` (make test): every program and figure once, in seconds; its
+# numbers mean nothing, only that every line gets one.
+SMOKE = Sizes(600, 300, 30, 5000, 2000, 2000, 1000, 3, 50)
 
 WINDOW = 64
 ECHO_BYTES = 1 << 20
@@ -403,6 +406,13 @@ RATIOS = [
 MEMORY_TARGET = 16 * 1024
 
 
+def verdict(ok: bool, args) -> str:
+    """PASS or MISS; a smoke run's few calls say nothing about targets."""
+    if args.smoke:
+        return "(smoke test: no verdict)"
+    return "PASS" if ok else "MISS"
+
+
 def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
     """Runs warm-up and measured rounds in one mode; returns the printed lines."""
     suffix = f"[{mode}]"
@@ -481,20 +491,23 @@ def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
         elif pairs:
             v = statistics.median(pairs)
             ok = v <= target if op == "<=" else v >= target
-            lines.append(f"{name}: {v:.2f} x {suffix} target {op} {target:g} {'PASS' if ok else 'MISS'}")
+            lines.append(f"{name}: {v:.2f} x {suffix} target {op} {target:g} {verdict(ok, args)}")
         else:
             tgt = "(reference, no target)" if op == "ref" else f"target {op} {target:g} n/a"
             lines.append(f"{name}: n/a x {suffix} {tgt}")
     if args.memory and memory:
         v = statistics.median(memory)
         lines.append(f"target.idle_conn_memory.rust_server: {v:.0f} bytes/conn {suffix} target < {MEMORY_TARGET}"
-                     f" {'PASS' if v < MEMORY_TARGET else 'MISS'}")
+                     f" {verdict(v < MEMORY_TARGET, args)}")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="5 rounds, fewer calls: about a minute")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 round of a few calls, no warm-up round; exit 1 if any figure is n/a "
+                        "(make test: checks that every benchmark still runs; its numbers mean nothing)")
     p.add_argument("--rounds", type=int, help="measured rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up rounds, not counted")
     p.add_argument("--mode", default="auto",
@@ -509,9 +522,11 @@ def main() -> None:
     p.add_argument("--floor-unavailable", default="", help=argparse.SUPPRESS)
     p.add_argument("--grpc-unavailable", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.smoke:
+        args.warmup = 0
     if args.rounds is None:
-        args.rounds = 5
+        args.rounds = 1 if args.smoke else 5
 
     modes = []
     for m in args.mode.split(","):
@@ -529,7 +544,9 @@ def main() -> None:
 
     clients = build_clients(args, sizes)
     started = time.monotonic()
-    print(f"foorpc bench: {'quick, ' if args.quick else ''}{args.rounds} rounds (+{args.warmup} warm-up); "
+    missing: List[str] = []
+    kind = "smoke test, " if args.smoke else "quick, " if args.quick else ""
+    print(f"foorpc bench: {kind}{args.rounds} rounds (+{args.warmup} warm-up); "
           f"figures are medians over rounds, ratios paired within a round")
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; ulimit -n {limit}")
     for mode in modes:
@@ -555,7 +572,10 @@ def main() -> None:
             lines = run_mode(mode, args, sizes, clients)
         for line in lines:
             print(line, flush=True)
+        missing += [line for line in lines if " n/a " in line]
     print(f"elapsed: {time.monotonic() - started:.0f} s")
+    if args.smoke and missing:
+        sys.exit(f"bench smoke test: {len(missing)} figures missing, first: {missing[0]}")
 
 
 if __name__ == "__main__":
