@@ -491,7 +491,9 @@ def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
         elif pairs:
             v = statistics.median(pairs)
             ok = v <= target if op == "<=" else v >= target
-            lines.append(f"{name}: {v:.2f} x {suffix} target {op} {target:g} {verdict(ok, args)}")
+            # A third decimal when two would print the target itself (1.50 MISS).
+            shown = f"{v:.2f}" if f"{v:.2f}" != f"{target:.2f}" else f"{v:.3f}"
+            lines.append(f"{name}: {shown} x {suffix} target {op} {target:g} {verdict(ok, args)}")
         else:
             tgt = "(reference, no target)" if op == "ref" else f"target {op} {target:g} n/a"
             lines.append(f"{name}: n/a x {suffix} {tgt}")
