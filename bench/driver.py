@@ -20,9 +20,10 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,7 +150,15 @@ def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: f
     answering within `timeout` is reported in `errors` and dropped.
     """
     procs: Dict[str, subprocess.Popen] = {}
+    # stderr goes to a file: a pipe nobody reads while the slices run could
+    # fill up and stop a client that writes a lot there.
+    errs: Dict[str, Any] = {}
     out: Dict[str, Dict[str, float]] = {}
+
+    def stderr_of(c: "Client") -> str:
+        f = errs[c.key]
+        f.seek(0)
+        return f.read()
 
     def fail(c: "Client", why: str) -> None:
         errors[c.key] = why
@@ -168,33 +177,34 @@ def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: f
         except OSError as e:
             answer = f"({e})"
         if answer.strip() != "ok":
-            tail = (p.stderr.read() if p.poll() is not None else "").strip().splitlines()[-3:]
+            tail = stderr_of(c).strip().splitlines()[-3:] if p.poll() is not None else []
             fail(c, f"slice {line!r} not answered: {answer.strip() or 'no answer'} {' | '.join(tail)}")
 
     try:
         for c in group:
+            errs[c.key] = tempfile.TemporaryFile("w+")
             procs[c.key] = subprocess.Popen(c.argv(addresses[c.server]), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=errs[c.key],
                                             text=True, cwd=ROOT)
         for c in group:
             if c.key in procs:
                 ask(c, f"warm {max(c.calls // 10, 100)}")
         for i in range(SEQ_SLICES):
             for c in group if i % 2 == 0 else reversed(group):
-                if c.key in procs:
-                    share = c.calls // SEQ_SLICES + (i < c.calls % SEQ_SLICES)
+                share = c.calls // SEQ_SLICES + (i < c.calls % SEQ_SLICES)
+                if c.key in procs and share > 0:
                     ask(c, f"run {share}")
         for c in group:
             p = procs.get(c.key)
             if p is None:
                 continue
             try:
-                stdout, stderr = p.communicate(timeout=timeout)
+                stdout, _ = p.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 fail(c, "no figures after its last slice")
                 continue
             if p.returncode != 0:
-                tail = stderr.strip().splitlines()[-3:]
+                tail = stderr_of(c).strip().splitlines()[-3:]
                 errors[c.key] = f"exit {p.returncode}: {' | '.join(tail)}"
                 log(f"{c.key}: {errors[c.key]}")
                 continue
@@ -204,6 +214,8 @@ def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: f
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for f in errs.values():
+            f.close()
     return out
 
 

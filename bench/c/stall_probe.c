@@ -10,6 +10,10 @@
  * Prints `stalls_per_s X` (gaps >= 10 us per second, per CPU) and
  * `stall_mean_ns X` (their mean length) over all CPUs of this process's
  * affinity mask.
+ *
+ * Under a CPU quota (cgroup cpu.max) smaller than that mask, the spinning
+ * threads throttle themselves and the probe reports stalls that clients
+ * waiting on I/O never meet; this machine has no quota.
  */
 #include "common.h"
 

@@ -488,7 +488,9 @@ impl Decoder {
         if buf.len() < self.need {
             return Ok(None);
         }
-        if self.pos == 0 {
+        // The reply's own array is one level deep: with no depth allowed
+        // at all, only the full scan gives the right error.
+        if self.pos == 0 && self.max_depth >= 1 {
             if let Some(done) = scalar_response(buf, self.max_size, raw_result) {
                 self.reset();
                 return Ok(Some(done));
@@ -1280,9 +1282,16 @@ mod tests {
                     with_tail.extend_from_slice(&[0x94, 0x01, 0x02, 0xc0, 0x03]);
                     for buf in [&msg, &with_tail] {
                         for cut in 0..=buf.len() {
-                            for max in [msg.len() - 1, msg.len(), 1 << 20] {
+                            for (max, depth) in [
+                                (msg.len() - 1, 8),
+                                (msg.len(), 8),
+                                (1 << 20, 8),
+                                (1 << 20, 0),
+                                (1 << 20, 1),
+                                (1 << 20, 2),
+                            ] {
                                 for raw in [false, true] {
-                                    let lim = limits(max, 8);
+                                    let lim = limits(max, depth);
                                     let raw_result = |_: u32| raw;
                                     let fast =
                                         Decoder::new(&lim).decode_with(&buf[..cut], &raw_result);
@@ -1291,10 +1300,12 @@ mod tests {
                                     assert_eq!(
                                         format!("{fast:?}"),
                                         format!("{general:?}"),
-                                        "bytes {:02x?}, max {max}, raw {raw}",
+                                        "bytes {:02x?}, max {max}, depth {depth}, raw {raw}",
                                         &buf[..cut]
                                     );
-                                    if scalar_response(&buf[..cut], max, &raw_result).is_some() {
+                                    if depth > 0
+                                        && scalar_response(&buf[..cut], max, &raw_result).is_some()
+                                    {
                                         checked_fast += 1;
                                     }
                                 }

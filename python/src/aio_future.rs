@@ -197,16 +197,6 @@ impl CallFuture {
         Ok(())
     }
 
-    /// Puts callbacks taken out for a scan back, before any that Python
-    /// code run by the scan registered meanwhile.
-    fn put_back(&self, mut kept: Callbacks) {
-        let mut st = lock(&self.state);
-        for callback in std::mem::take(&mut st.callbacks) {
-            kept.push(callback);
-        }
-        st.callbacks = kept;
-    }
-
     fn is_done(&self) -> bool {
         !matches!(lock(&self.state).outcome, Outcome::Pending)
     }
@@ -401,25 +391,34 @@ impl CallFuture {
 
     /// Removes every registration of `callback`; returns how many.
     fn remove_done_callback(&self, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let registered = std::mem::take(&mut lock(&self.state).callbacks);
-        let mut kept = Callbacks::default();
-        let mut removed = 0;
-        let mut registered = registered.into_iter();
-        for (cb, ctx) in registered.by_ref() {
-            match cb.bind(callback.py()).eq(callback) {
-                Ok(true) => removed += 1,
-                Ok(false) => kept.push((cb, ctx)),
-                Err(e) => {
-                    // Keep every registration, in order, and report.
-                    kept.push((cb, ctx));
-                    kept.rest.extend(registered);
-                    self.put_back(kept);
-                    return Err(e);
+        let py = callback.py();
+        // `==` may run any Python code (even complete or cancel this
+        // future), so compare copies with the state unlocked, then remove
+        // the matching objects from whatever is registered by then.
+        let registered: Vec<Py<PyAny>> = lock(&self.state)
+            .callbacks
+            .iter()
+            .map(|(cb, _)| cb.clone_ref(py))
+            .collect();
+        let mut matching = Vec::new();
+        for cb in &registered {
+            if cb.bind(py).eq(callback)? {
+                matching.push(cb.as_ptr());
+            }
+        }
+        let mut removed = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            for entry in std::mem::take(&mut st.callbacks) {
+                if matching.contains(&entry.0.as_ptr()) {
+                    removed.push(entry);
+                } else {
+                    st.callbacks.push(entry);
                 }
             }
         }
-        self.put_back(kept);
-        Ok(removed)
+        // Dropped unlocked: a destructor may run Python code.
+        Ok(removed.len())
     }
 
     /// Cancels the future and forgets the call; false if it was done.

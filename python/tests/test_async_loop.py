@@ -155,6 +155,31 @@ def test_done_callbacks_keep_their_order_through_removal(calc: str) -> None:
     run(main())
 
 
+def test_remove_done_callback_while_the_future_completes(calc: str) -> None:
+    """A comparison that cancels the future: its callbacks still run, once."""
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.sleep_ms(2000)
+            ran: List[str] = []
+            fut.add_done_callback(lambda _f: ran.append("a"))
+
+            class CancelsOnCompare:
+                def __eq__(self, other: object) -> bool:
+                    fut.cancel()
+                    return False
+
+                __hash__ = object.__hash__
+
+            assert fut.remove_done_callback(CancelsOnCompare()) == 0
+            assert fut.cancelled()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert ran == ["a"]
+
+    run(main())
+
+
 def test_per_call_timeout_earlier_than_the_armed_one(calc: str) -> None:
     async def main() -> None:
         async with await foorpc.AsyncClient.connect(calc, timeout=30) as c:
