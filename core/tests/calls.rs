@@ -371,6 +371,33 @@ fn dropped_responder_and_panicking_handler_send_error_replies() {
     assert_eq!(other.call::<i64>("add", (2, 2)).unwrap(), 4);
 }
 
+/// A peer that sends the start of a large reply and then hangs up: the call
+/// fails as a lost connection, saying that it ended mid-message, whether
+/// the result was asked for as a value or as bytes.
+#[test]
+fn a_reply_cut_inside_a_large_body_fails_the_call() {
+    for raw in [false, true] {
+        let (address, t) = raw_server(|mut peer| {
+            let Message::Request { msgid, .. } = peer.expect_msg() else {
+                panic!("expected a request");
+            };
+            let mut out = Vec::new();
+            let body = Value::Binary(vec![5; 500_000]);
+            foorpc::codec::encode_response(&mut out, msgid, &Value::Nil, &body);
+            peer.send(&out[..300_000]);
+        });
+        let client = Client::connect(&address).unwrap();
+        let err = if raw {
+            client.call_encoded("blob", &[0x90], CALL).unwrap_err()
+        } else {
+            client.call_value("blob", &[], CALL).unwrap_err()
+        };
+        assert!(err.is_connection_error(), "{err:?}");
+        assert!(err.to_string().contains("middle of a message"), "{err}");
+        t.join().unwrap();
+    }
+}
+
 /// A peer whose error objects are plain strings: the caller gets the string
 /// unchanged, not reshaped into foorpc's [code, message].
 #[test]

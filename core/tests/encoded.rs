@@ -160,3 +160,31 @@ fn large_encoded_params_and_results_arrive_whole() {
         t.join().unwrap();
     }
 }
+
+/// Large str and bin values, alone, last or first in an array, arrive whole
+/// as params and as results, whether the result is asked for as a value or
+/// as bytes (the large-read path of both ends).
+#[test]
+fn large_bodies_that_end_a_message_arrive_whole() {
+    let server = start_tcp(calc_router());
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    for size in [70_000usize, 300_000, 1 << 20] {
+        let blob = Value::Binary((0..size).map(|k| (k % 251) as u8).collect());
+        let text = Value::from("ü".repeat(size / 2));
+        for value in [
+            blob.clone(),
+            text.clone(),
+            Value::Array(vec![Value::from(7), blob.clone()]),
+            Value::Array(vec![text.clone(), blob.clone()]),
+            Value::Array(vec![blob.clone(), Value::from(7)]),
+        ] {
+            let got = client
+                .call_value("echo", std::slice::from_ref(&value), CALL)
+                .unwrap();
+            assert!(got == value, "echo of {size} bytes as a value");
+            let params = encoded(&Value::Array(vec![value.clone()]));
+            let raw = client.call_encoded("echo", &params, CALL).unwrap();
+            assert_eq!(raw, encoded(&value), "echo of {size} bytes as bytes");
+        }
+    }
+}
