@@ -127,7 +127,7 @@ fn scalars_only(bytes: &[u8], limits: &Limits) -> bool {
         _ => (1, 0),
     };
     for _ in 0..count {
-        match bytes.get(pos).and_then(|&b| scalar_len(b)) {
+        match flat_item_len(bytes, pos) {
             Some(n) => pos += n,
             None => return false,
         }
@@ -135,8 +135,17 @@ fn scalars_only(bytes: &[u8], limits: &Limits) -> bool {
     pos == bytes.len()
 }
 
-/// The size of a nil, bool, int or float item from its first byte; `None`
-/// for every other kind.
+/// The size of the scalar (nil, bool, int, float) at `buf[pos]` when it is
+/// whole in `buf`; `None` for anything else. The scan sizes these items
+/// from the same table ([`scalar_len`]).
+fn flat_item_len(buf: &[u8], pos: usize) -> Option<usize> {
+    let n = scalar_len(*buf.get(pos)?)?;
+    (pos + n <= buf.len()).then_some(n)
+}
+
+/// The size of a nil, bool, int or float item (header and value) from its
+/// first byte; `None` for every other kind.
+#[inline]
 fn scalar_len(first: u8) -> Option<usize> {
     match first {
         0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(1),
@@ -579,59 +588,56 @@ fn head(buf: &[u8], pos: usize) -> Result<Head, DecodeError> {
         return Ok(Head::Short(1));
     };
     // Fixed-size forms: (header length incl. payload, data, children).
-    let (head, data, children) = match b {
-        0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (1, 0, None),
-        0x80..=0x8f => (1, 0, Some(2 * usize::from(b & 0x0f))),
-        0x90..=0x9f => (1, 0, Some(usize::from(b & 0x0f))),
-        0xa0..=0xbf => (1, usize::from(b & 0x1f), None),
-        0xc1 => {
-            return Err(DecodeError::Malformed(format!(
-                "reserved byte 0xc1 at offset {pos}"
-            )))
-        }
-        0xca => (5, 0, None),
-        0xcb => (9, 0, None),
-        0xcc | 0xd0 => (2, 0, None),
-        0xcd | 0xd1 => (3, 0, None),
-        0xce | 0xd2 => (5, 0, None),
-        0xcf | 0xd3 => (9, 0, None),
-        // fixext: marker, type, 1..16 data bytes.
-        0xd4..=0xd8 => (2, 1usize << (b - 0xd4), None),
-        // Variable lengths: read the big-endian length that follows.
-        _ => {
-            let (len_bytes, extra) = match b {
-                0xc4 | 0xd9 => (1, 0),
-                0xc5 | 0xda | 0xdc | 0xde => (2, 0),
-                0xc6 | 0xdb | 0xdd | 0xdf => (4, 0),
-                0xc7 => (1, 1), // ext: a type byte follows the length
-                0xc8 => (2, 1),
-                0xc9 => (4, 1),
-                _ => unreachable!("every other byte is matched above"),
-            };
-            let head = 1 + len_bytes + extra;
-            let Some(len_slice) = buf.get(pos + 1..pos + 1 + len_bytes) else {
-                return Ok(Head::Short(head));
-            };
-            let n = len_slice
-                .iter()
-                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
-            return Ok(Head::Item(match b {
-                0xdc | 0xdd => Item {
-                    head,
-                    data: 0,
-                    children: Some(n),
-                },
-                0xde | 0xdf => Item {
-                    head,
-                    data: 0,
-                    children: Some(n.saturating_mul(2)),
-                },
-                _ => Item {
-                    head,
-                    data: n,
-                    children: None,
-                },
-            }));
+    let (head, data, children) = if let Some(n) = scalar_len(b) {
+        (n, 0, None)
+    } else {
+        match b {
+            0x80..=0x8f => (1, 0, Some(2 * usize::from(b & 0x0f))),
+            0x90..=0x9f => (1, 0, Some(usize::from(b & 0x0f))),
+            0xa0..=0xbf => (1, usize::from(b & 0x1f), None),
+            0xc1 => {
+                return Err(DecodeError::Malformed(format!(
+                    "reserved byte 0xc1 at offset {pos}"
+                )))
+            }
+            // fixext: marker, type, 1..16 data bytes.
+            0xd4..=0xd8 => (2, 1usize << (b - 0xd4), None),
+            // Variable lengths: read the big-endian length that follows.
+            _ => {
+                let (len_bytes, extra) = match b {
+                    0xc4 | 0xd9 => (1, 0),
+                    0xc5 | 0xda | 0xdc | 0xde => (2, 0),
+                    0xc6 | 0xdb | 0xdd | 0xdf => (4, 0),
+                    0xc7 => (1, 1), // ext: a type byte follows the length
+                    0xc8 => (2, 1),
+                    0xc9 => (4, 1),
+                    _ => unreachable!("every other byte is matched above"),
+                };
+                let head = 1 + len_bytes + extra;
+                let Some(len_slice) = buf.get(pos + 1..pos + 1 + len_bytes) else {
+                    return Ok(Head::Short(head));
+                };
+                let n = len_slice
+                    .iter()
+                    .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+                return Ok(Head::Item(match b {
+                    0xdc | 0xdd => Item {
+                        head,
+                        data: 0,
+                        children: Some(n),
+                    },
+                    0xde | 0xdf => Item {
+                        head,
+                        data: 0,
+                        children: Some(n.saturating_mul(2)),
+                    },
+                    _ => Item {
+                        head,
+                        data: n,
+                        children: None,
+                    },
+                }));
+            }
         }
     };
     if buf.len() - pos < head {
@@ -878,9 +884,9 @@ fn scalar_response(
         return None;
     }
     let result_at = error_at + 1;
-    let result_len = scalar_len(*buf.get(result_at)?)?;
+    let result_len = flat_item_len(buf, result_at)?;
     let end = result_at + result_len;
-    if end > buf.len() || end > max_size {
+    if end > max_size {
         return None;
     }
     let result = if raw_result(msgid) {
@@ -1267,6 +1273,11 @@ mod tests {
             }
         }
         results.extend([
+            vec![0xa0],
+            vec![0xc4, 0x00],
+            vec![0xd9, 0x00],
+            vec![0xc7, 0x00, 0x06],
+            vec![0xc7, 0x00],
             vec![0xca, 0x3f, 0x80, 0, 0],
             vec![0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
         ]);
