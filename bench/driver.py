@@ -63,10 +63,14 @@ class Client:
     server: str  # "raw", "rust" or "grpc"
     argv: Callable[[str], List[str]]  # address -> command line
     available: Optional[str] = None  # None when runnable, else why not
-    # Interleaved with the other sliced clients (run_interleaved); its argv
-    # then runs the `slices` protocol instead of a one-shot run.
-    sliced: bool = False
-    calls: int = 0  # sliced clients: timed calls per round, over all slices
+    # Timed calls per round for a client interleaved with the others slice
+    # by slice (run_interleaved; its argv runs the `slices` protocol); 0 for
+    # a one-shot run.
+    calls: int = 0
+
+    @property
+    def sliced(self) -> bool:
+        return self.calls > 0
 
 
 @dataclass
@@ -320,15 +324,15 @@ def build_clients(args, sizes: Sizes) -> List[Client]:
                lambda a: [f"{b}/stall_probe", "0.5"], exe(f"{b}/stall_probe")),
         # sequential add(1, 2), interleaved slice by slice (run_interleaved)
         Client("raw.seq", "raw C TCP ping-pong", "raw",
-               lambda a: [f"{b}/raw_client", a, "slices", str(n.seq_native)], exe(f"{b}/raw_client"), True, n.seq_native),
+               lambda a: [f"{b}/raw_client", a, "slices", str(n.seq_native)], exe(f"{b}/raw_client"), calls=n.seq_native),
         Client("rust.seq", "Rust client", "rust",
-               lambda a: [f"{rust}/bench_client", a, "slices", str(n.seq_native)], exe(f"{rust}/bench_client"), True, n.seq_native),
+               lambda a: [f"{rust}/bench_client", a, "slices", str(n.seq_native)], exe(f"{rust}/bench_client"), calls=n.seq_native),
         Client("c.seq", "C client (libfoorpc)", "rust",
-               lambda a: [f"{b}/foorpc_client", a, "slices", str(n.seq_native)], c_missing, True, n.seq_native),
+               lambda a: [f"{b}/foorpc_client", a, "slices", str(n.seq_native)], c_missing, calls=n.seq_native),
         Client("floor.seq", "Python floor (msgpack + socket)", "rust",
-               lambda a: [py, f"{pyd}/floor_client.py", a, "slices", str(n.seq_python)], floor_missing, True, n.seq_python),
+               lambda a: [py, f"{pyd}/floor_client.py", a, "slices", str(n.seq_python)], floor_missing, calls=n.seq_python),
         Client("py.seq", "Python foorpc.Client", "rust",
-               lambda a: [py, f"{pyd}/foorpc_client.py", a, "slices", str(n.seq_python)], py_missing, True, n.seq_python),
+               lambda a: [py, f"{pyd}/foorpc_client.py", a, "slices", str(n.seq_python)], py_missing, calls=n.seq_python),
         # grpcio runs on its own: its client's background threads would
         # otherwise stay alive beside the other clients' slices.
         Client("grpc.seq", "grpcio sync unary (Python)", "grpc",
