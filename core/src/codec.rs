@@ -500,7 +500,9 @@ impl Decoder {
         // The reply's own array is one level deep: with no depth allowed
         // at all, only the full scan gives the right error.
         if self.pos == 0 && self.max_depth >= 1 {
-            if let Some(done) = scalar_response(buf, self.max_size, raw_result) {
+            let done = scalar_response(buf, self.max_size, raw_result)
+                .or_else(|| scalar_request(buf, self.max_size, self.max_depth));
+            if let Some(done) = done {
                 self.reset();
                 return Ok(Some(done));
             }
@@ -855,6 +857,69 @@ fn msgid_of(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
+/// A msgid at `buf[2]` written as a positive fixint or uint 8/16/32 (as
+/// foorpc and most peers write it), and its length; `None` for other forms,
+/// which the general parse handles.
+fn plain_msgid(buf: &[u8]) -> Option<(u32, usize)> {
+    Some(match *buf.get(2)? {
+        b @ 0x00..=0x7f => (u32::from(b), 1),
+        0xcc => (u32::from(*buf.get(3)?), 2),
+        0xcd => (
+            u32::from(u16::from_be_bytes(buf.get(3..5)?.try_into().ok()?)),
+            3,
+        ),
+        0xce => (u32::from_be_bytes(buf.get(3..7)?.try_into().ok()?), 5),
+        _ => return None,
+    })
+}
+
+/// The most common request, read in one pass: `[0, msgid, method,
+/// [scalar, ...]]` with the msgid as [`plain_msgid`] takes it, the method a
+/// fixstr or str8 and up to 15 nil/bool/int/float params, all of it in
+/// `buf` and within the limits. Anything else returns `None` and goes
+/// through the general scan and parse, which give the same `Message` for
+/// these bytes.
+fn scalar_request(buf: &[u8], max_size: usize, max_depth: usize) -> Option<(Message, usize)> {
+    // The params array is the second level.
+    if max_depth < 2 || buf.get(..2)? != [0x94, TYPE_REQUEST] {
+        return None;
+    }
+    let (msgid, id_len) = plain_msgid(buf)?;
+    let method_at = 2 + id_len;
+    let (name_at, name_len) = match *buf.get(method_at)? {
+        b @ 0xa0..=0xbf => (method_at + 1, usize::from(b & 0x1f)),
+        0xd9 => (method_at + 2, usize::from(*buf.get(method_at + 1)?)),
+        _ => return None,
+    };
+    let params_at = name_at + name_len;
+    let count = match *buf.get(params_at)? {
+        b @ 0x90..=0x9f => usize::from(b & 0x0f),
+        _ => return None,
+    };
+    let mut end = params_at + 1;
+    for _ in 0..count {
+        end += flat_item_len(buf, end)?;
+    }
+    if end > max_size {
+        return None;
+    }
+    let mut r = Reader {
+        buf: &buf[..end],
+        pos: params_at + 1,
+    };
+    let mut params = Vec::with_capacity(count);
+    for _ in 0..count {
+        params.push(r.value().ok()?);
+    }
+    let method = String::from_utf8_lossy(&buf[name_at..params_at]).into_owned();
+    let msg = Message::Request {
+        msgid,
+        method,
+        params,
+    };
+    Some((msg, end))
+}
+
 /// The most common reply, read in one pass: `[1, msgid, nil, scalar]` with
 /// the msgid a positive fixint or uint 8/16/32 and the result a nil, bool,
 /// int or float, all of it in `buf` and within `max_size`. Anything else
@@ -866,19 +931,10 @@ fn scalar_response(
     max_size: usize,
     raw_result: &dyn Fn(u32) -> bool,
 ) -> Option<(Message, usize)> {
-    if buf.get(..2)? != [0x94, 0x01] {
+    if buf.get(..2)? != [0x94, TYPE_RESPONSE] {
         return None;
     }
-    let (msgid, id_len) = match *buf.get(2)? {
-        b @ 0x00..=0x7f => (u32::from(b), 1),
-        0xcc => (u32::from(*buf.get(3)?), 2),
-        0xcd => (
-            u32::from(u16::from_be_bytes(buf.get(3..5)?.try_into().ok()?)),
-            3,
-        ),
-        0xce => (u32::from_be_bytes(buf.get(3..7)?.try_into().ok()?), 5),
-        _ => return None,
-    };
+    let (msgid, id_len) = plain_msgid(buf)?;
     let error_at = 2 + id_len;
     if *buf.get(error_at)? != 0xc0 {
         return None;
@@ -1243,6 +1299,50 @@ mod tests {
         );
     }
 
+    /// For every message, alone and followed by another, every prefix of it,
+    /// size limits that cut it or not, depths 0 to 8, and raw results or
+    /// not: `decode_with` (which tries the one-pass paths) gives what the
+    /// general scan and parse give. Returns how many cases `took_fast`
+    /// (bytes, size limit, raw) says the one-pass path handled.
+    fn assert_one_pass_matches_general(
+        messages: Vec<Vec<u8>>,
+        took_fast: impl Fn(&[u8], usize, bool) -> bool,
+    ) -> usize {
+        let mut fast_cases = 0;
+        for msg in messages {
+            let with_tail = [&msg[..], &[0x94, 0x01, 0x02, 0xc0, 0x03]].concat();
+            for buf in [&msg, &with_tail] {
+                for cut in 0..=buf.len() {
+                    for (max, depth) in [
+                        (msg.len() - 1, 8),
+                        (msg.len(), 8),
+                        (1 << 20, 0),
+                        (1 << 20, 1),
+                        (1 << 20, 2),
+                        (1 << 20, 8),
+                    ] {
+                        for raw in [false, true] {
+                            let lim = limits(max, depth);
+                            let raw_result = |_: u32| raw;
+                            let bytes = &buf[..cut];
+                            let fast = Decoder::new(&lim).decode_with(bytes, &raw_result);
+                            let general = Decoder::new(&lim).decode_scanned(bytes, &raw_result);
+                            assert_eq!(
+                                format!("{fast:?}"),
+                                format!("{general:?}"),
+                                "bytes {bytes:02x?}, max {max}, depth {depth}, raw {raw}"
+                            );
+                            if depth == 8 && took_fast(bytes, max, raw) {
+                                fast_cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        fast_cases
+    }
+
     /// The one-pass path for scalar replies gives exactly what the general
     /// scan and parse give, for every prefix of every reply shape near it
     /// (msgid and result encodings it takes and ones it leaves, errors,
@@ -1281,51 +1381,17 @@ mod tests {
             vec![0xca, 0x3f, 0x80, 0, 0],
             vec![0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
         ]);
-        let mut checked_fast = 0;
+        let mut messages = Vec::new();
         for id in &msgids {
-            for err in &errors {
-                for res in &results {
-                    let mut msg = vec![0x94, 0x01];
-                    msg.extend_from_slice(id);
-                    msg.extend_from_slice(err);
-                    msg.extend_from_slice(res);
-                    let mut with_tail = msg.clone();
-                    with_tail.extend_from_slice(&[0x94, 0x01, 0x02, 0xc0, 0x03]);
-                    for buf in [&msg, &with_tail] {
-                        for cut in 0..=buf.len() {
-                            for (max, depth) in [
-                                (msg.len() - 1, 8),
-                                (msg.len(), 8),
-                                (1 << 20, 8),
-                                (1 << 20, 0),
-                                (1 << 20, 1),
-                                (1 << 20, 2),
-                            ] {
-                                for raw in [false, true] {
-                                    let lim = limits(max, depth);
-                                    let raw_result = |_: u32| raw;
-                                    let fast =
-                                        Decoder::new(&lim).decode_with(&buf[..cut], &raw_result);
-                                    let general =
-                                        Decoder::new(&lim).decode_scanned(&buf[..cut], &raw_result);
-                                    assert_eq!(
-                                        format!("{fast:?}"),
-                                        format!("{general:?}"),
-                                        "bytes {:02x?}, max {max}, depth {depth}, raw {raw}",
-                                        &buf[..cut]
-                                    );
-                                    if depth > 0
-                                        && scalar_response(&buf[..cut], max, &raw_result).is_some()
-                                    {
-                                        checked_fast += 1;
-                                    }
-                                }
-                            }
-                        }
-                    }
+            for a in &errors {
+                for b in &results {
+                    messages.push([&[0x94, 0x01][..], id, a, b].concat());
                 }
             }
         }
+        let checked_fast = assert_one_pass_matches_general(messages, |buf, max, raw| {
+            scalar_response(buf, max, &|_| raw).is_some()
+        });
         assert!(
             checked_fast > 1000,
             "the one-pass path ran {checked_fast} times"
@@ -1393,5 +1459,75 @@ mod tests {
             }
         }
         assert!(fast > 2000, "the one-pass check accepted {fast} inputs");
+    }
+
+    /// The one-pass path for scalar requests gives exactly what the general
+    /// scan and parse give, for every prefix of requests near its shape
+    /// (msgid, method and params forms it takes and ones it leaves, invalid
+    /// UTF-8 names, trailing bytes), under size and depth limits.
+    #[test]
+    fn scalar_request_path_matches_the_general_decoder() {
+        let msgids: Vec<Vec<u8>> = vec![
+            vec![0x00],
+            vec![0x7f],
+            vec![0xcc, 0xc8],
+            vec![0xcd, 0x9c, 0x40],
+            vec![0xce, 0xff, 0xff, 0xff, 0xff],
+            vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 9],
+            vec![0xff],
+            vec![0xc0],
+        ];
+        let mut long = vec![0xd9, 40];
+        long.extend(std::iter::repeat_n(b'm', 40));
+        let methods: Vec<Vec<u8>> = vec![
+            vec![0xa3, b'a', b'd', b'd'],
+            vec![0xa0],
+            long,
+            vec![0xa2, 0xff, 0xfe],
+            vec![0xc4, 0x03, b'a', b'd', b'd'],
+            vec![0xda, 0x00, 0x01, b'x'],
+            vec![0x01],
+        ];
+        let mut params: Vec<Vec<u8>> = vec![
+            vec![0x90],
+            vec![0x92, 0x01, 0x02],
+            vec![0x92, 0x01, 0xa1, b'x'],
+            vec![0x91, 0x91, 0x01],
+            vec![0xdc, 0x00, 0x01, 0x05],
+            vec![0x80],
+            vec![0x93, 0xc1, 0x01, 0x02],
+            vec![0x01],
+        ];
+        let scalars: Vec<Vec<u8>> = samples()
+            .iter()
+            .filter(|v| v.is_nil() || v.is_bool() || v.is_number())
+            .map(|v| {
+                let mut b = Vec::new();
+                encode_value(&mut b, v);
+                b
+            })
+            .collect();
+        for n in [1, 3, 15] {
+            let mut p = vec![0x90 | n as u8];
+            for i in 0..n {
+                p.extend_from_slice(&scalars[i % scalars.len()]);
+            }
+            params.push(p);
+        }
+        let mut messages = Vec::new();
+        for id in &msgids {
+            for a in &methods {
+                for b in &params {
+                    messages.push([&[0x94, 0x00][..], id, a, b].concat());
+                }
+            }
+        }
+        let checked_fast = assert_one_pass_matches_general(messages, |buf, max, _| {
+            scalar_request(buf, max, 8).is_some()
+        });
+        assert!(
+            checked_fast > 1000,
+            "the one-pass path ran {checked_fast} times"
+        );
     }
 }
