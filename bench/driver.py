@@ -3,10 +3,12 @@
 Started by bench/run (which builds the programs and finds a Python with
 msgpack, grpcio and foorpc); stdlib only, so any python3 can run it.
 
-Every round runs every client back to back against servers started once per
-mode; a figure is the median over the measured rounds, and a ratio is
-computed within each round (subject and baseline measured seconds apart)
-and then its median taken. A MISS never makes the run fail.
+Every round runs every client against servers started once per mode: the
+sequential clients interleaved slice by slice (run_interleaved), the stall
+probe, then the others back to back. A figure is the median over the
+measured rounds, and a ratio is computed within each round (subject and
+baseline measured in the same round) and then its median taken. A MISS
+never makes the run fail; `--smoke` fails when a figure is missing.
 """
 
 from __future__ import annotations
