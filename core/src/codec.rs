@@ -497,8 +497,9 @@ impl Decoder {
         if buf.len() < self.need {
             return Ok(None);
         }
-        // The reply's own array is one level deep: with no depth allowed
-        // at all, only the full scan gives the right error.
+        // The message's own array is one level deep: with no depth allowed
+        // at all, only the full scan gives the right error (a request's
+        // params are the second level; scalar_request checks that itself).
         if self.pos == 0 && self.max_depth >= 1 {
             let done = scalar_response(buf, self.max_size, raw_result)
                 .or_else(|| scalar_request(buf, self.max_size, self.max_depth));
@@ -510,7 +511,9 @@ impl Decoder {
         self.decode_scanned(buf, raw_result)
     }
 
-    /// `decode_with` without the one-pass path for scalar replies.
+    /// `decode_with` without the one-pass paths for scalar replies and
+    /// requests. Only call it past `decode_with`'s `need` check: a buffer
+    /// shorter than `need` may end inside an item the scan has committed.
     fn decode_scanned(
         &mut self,
         buf: &[u8],
