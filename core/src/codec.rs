@@ -1302,6 +1302,41 @@ mod tests {
         );
     }
 
+    /// Msgid encodings the one-pass paths take (positive fixint, uint
+    /// 8/16/32 up to u32::MAX) and ones they leave to the general parse.
+    fn msgid_forms() -> Vec<Vec<u8>> {
+        vec![
+            vec![0x00],
+            vec![0x7f],
+            vec![0xcc, 0xc8],
+            vec![0xcd, 0x9c, 0x40],
+            vec![0xce, 0xb2, 0xd0, 0x5e, 0x00],
+            vec![0xce, 0xff, 0xff, 0xff, 0xff],
+            vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 9],
+            vec![0xd0, 0x05],
+            vec![0xff],
+            vec![0xc0],
+        ]
+    }
+
+    /// Every `[tag, msgid, third, fourth]` from the given element encodings.
+    fn envelopes(
+        tag: u8,
+        msgids: &[Vec<u8>],
+        thirds: &[Vec<u8>],
+        fourths: &[Vec<u8>],
+    ) -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
+        for id in msgids {
+            for third in thirds {
+                for fourth in fourths {
+                    messages.push([&[0x94, tag][..], id, third, fourth].concat());
+                }
+            }
+        }
+        messages
+    }
+
     /// For every message, alone and followed by another, every prefix of it,
     /// size limits that cut it or not, depths 0 to 8, and raw results or
     /// not: `decode_with` (which tries the one-pass paths) gives what the
@@ -1353,17 +1388,7 @@ mod tests {
     /// under size limits that cut the reply.
     #[test]
     fn scalar_reply_path_matches_the_general_decoder() {
-        let msgids: Vec<Vec<u8>> = vec![
-            vec![0x00],
-            vec![0x7f],
-            vec![0xcc, 0xc8],
-            vec![0xcd, 0x9c, 0x40],
-            vec![0xce, 0xb2, 0xd0, 0x5e, 0x00],
-            vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 9],
-            vec![0xd0, 0x05],
-            vec![0xff],
-            vec![0xc0],
-        ];
+        let msgids = msgid_forms();
         let errors: Vec<Vec<u8>> = vec![vec![0xc0], vec![0xa1, b'x'], vec![0x01]];
         let mut results: Vec<Vec<u8>> =
             vec![vec![0x92, 0x01, 0x02], vec![0xa2, b'o', b'k'], vec![0xc1]];
@@ -1384,14 +1409,7 @@ mod tests {
             vec![0xca, 0x3f, 0x80, 0, 0],
             vec![0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
         ]);
-        let mut messages = Vec::new();
-        for id in &msgids {
-            for a in &errors {
-                for b in &results {
-                    messages.push([&[0x94, 0x01][..], id, a, b].concat());
-                }
-            }
-        }
+        let messages = envelopes(TYPE_RESPONSE, &msgids, &errors, &results);
         let checked_fast = assert_one_pass_matches_general(messages, |buf, max, raw| {
             scalar_response(buf, max, &|_| raw).is_some()
         });
@@ -1470,16 +1488,7 @@ mod tests {
     /// UTF-8 names, trailing bytes), under size and depth limits.
     #[test]
     fn scalar_request_path_matches_the_general_decoder() {
-        let msgids: Vec<Vec<u8>> = vec![
-            vec![0x00],
-            vec![0x7f],
-            vec![0xcc, 0xc8],
-            vec![0xcd, 0x9c, 0x40],
-            vec![0xce, 0xff, 0xff, 0xff, 0xff],
-            vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 9],
-            vec![0xff],
-            vec![0xc0],
-        ];
+        let msgids = msgid_forms();
         let mut long = vec![0xd9, 40];
         long.extend(std::iter::repeat_n(b'm', 40));
         let methods: Vec<Vec<u8>> = vec![
@@ -1517,14 +1526,7 @@ mod tests {
             }
             params.push(p);
         }
-        let mut messages = Vec::new();
-        for id in &msgids {
-            for a in &methods {
-                for b in &params {
-                    messages.push([&[0x94, 0x00][..], id, a, b].concat());
-                }
-            }
-        }
+        let messages = envelopes(TYPE_REQUEST, &msgids, &methods, &params);
         let checked_fast = assert_one_pass_matches_general(messages, |buf, max, _| {
             scalar_request(buf, max, 8).is_some()
         });
