@@ -120,11 +120,15 @@ class ServerProc:
                 self.proc.wait()
 
 
+def last_lines(text: str) -> str:
+    """The last three lines of a program's output, on one line (for errors)."""
+    return " | ".join(text.strip().splitlines()[-3:])
+
+
 def run_client(argv: List[str], timeout: float) -> Dict[str, float]:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {r.returncode}: {' | '.join(tail)}")
+        raise RuntimeError(f"exit {r.returncode}: {last_lines(r.stderr or r.stdout)}")
     return parse_figures(r.stdout)
 
 
@@ -183,8 +187,8 @@ def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: f
         except OSError as e:
             answer = f"({e})"
         if answer.strip() != "ok":
-            tail = stderr_of(c).strip().splitlines()[-3:] if p.poll() is not None else []
-            fail(c, f"slice {line!r} not answered: {answer.strip() or 'no answer'} {' | '.join(tail)}")
+            tail = last_lines(stderr_of(c)) if p.poll() is not None else ""
+            fail(c, f"slice {line!r} not answered: {answer.strip() or 'no answer'} {tail}")
 
     try:
         for c in group:
@@ -210,9 +214,7 @@ def run_interleaved(group: List["Client"], addresses: Dict[str, str], timeout: f
                 fail(c, "no figures after its last slice")
                 continue
             if p.returncode != 0:
-                tail = stderr_of(c).strip().splitlines()[-3:]
-                errors[c.key] = f"exit {p.returncode}: {' | '.join(tail)}"
-                log(f"{c.key}: {errors[c.key]}")
+                fail(c, f"exit {p.returncode}: {last_lines(stderr_of(c))}")
                 continue
             out[c.key] = parse_figures(stdout)
     finally:
