@@ -197,6 +197,33 @@ impl CallFuture {
         Ok(())
     }
 
+    /// The event loop the future belongs to.
+    pub(crate) fn event_loop(&self) -> &Py<PyAny> {
+        &self.event_loop
+    }
+
+    /// `add_done_callback` (see `aio_protocol`): without a context, the
+    /// caller's current one, as asyncio.Future does.
+    pub(crate) fn add_callback(
+        this: &Bound<'_, CallFuture>,
+        callback: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let fut = this.get();
+        let context = match context {
+            Some(c) => c,
+            None => copy_context(this.py())?,
+        };
+        {
+            let mut st = lock(&fut.state);
+            if matches!(st.outcome, Outcome::Pending) {
+                st.callbacks.push((callback, Some(context)));
+                return Ok(());
+            }
+        }
+        fut.schedule(this, [(callback, Some(context))])
+    }
+
     fn is_done(&self) -> bool {
         !matches!(lock(&self.state).outcome, Outcome::Pending)
     }
@@ -325,21 +352,6 @@ fn cancelled_error(py: Python<'_>, msg: Option<&Py<PyAny>>) -> PyErr {
 
 #[pymethods]
 impl CallFuture {
-    /// Part of asyncio's protocol for future-compatible objects.
-    #[getter(_asyncio_future_blocking)]
-    fn get_blocking(&self) -> bool {
-        self.blocking.load(Ordering::Relaxed)
-    }
-
-    #[setter(_asyncio_future_blocking)]
-    fn set_blocking(&self, value: bool) {
-        self.blocking.store(value, Ordering::Relaxed);
-    }
-
-    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.event_loop.clone_ref(py)
-    }
-
     fn done(&self) -> bool {
         self.is_done()
     }
@@ -365,28 +377,6 @@ impl CallFuture {
             Outcome::Error(e) => Ok(Some(e.clone_ref(py))),
             Outcome::Cancelled(msg) => Err(cancelled_error(py, msg.as_ref())),
         }
-    }
-
-    #[pyo3(signature = (callback, *, context = None))]
-    fn add_done_callback(
-        slf: &Bound<'_, Self>,
-        callback: Py<PyAny>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
-        let fut = slf.get();
-        // As asyncio.Future: without a context, the caller's current one.
-        let context = match context {
-            Some(c) => c,
-            None => copy_context(slf.py())?,
-        };
-        {
-            let mut st = lock(&fut.state);
-            if matches!(st.outcome, Outcome::Pending) {
-                st.callbacks.push((callback, Some(context)));
-                return Ok(());
-            }
-        }
-        fut.schedule(slf, [(callback, Some(context))])
     }
 
     /// Removes every registration of `callback`; returns how many.

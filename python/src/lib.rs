@@ -6,6 +6,7 @@
 mod aio_await;
 mod aio_client;
 mod aio_future;
+mod aio_protocol;
 mod client;
 mod convert;
 mod errors;
@@ -31,6 +32,7 @@ mod _native {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        crate::aio_protocol::install(&m.py().get_type::<CallFuture>())?;
         Ok(())
     }
 }

@@ -423,6 +423,69 @@ def test_done_callbacks_run_in_the_context_they_were_added_in(calc: str) -> None
     run(main())
 
 
+def test_add_done_callback_arguments_as_asyncio_future_takes_them(calc: str) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="none")
+
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.sleep_ms(50)
+            with pytest.raises(TypeError, match="one positional argument"):
+                fut.add_done_callback()  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="one positional argument"):
+                fut.add_done_callback(print, print)  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="one positional argument"):
+                fut.add_done_callback(callback=print)  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="ctx"):
+                fut.add_done_callback(print, ctx=None)  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="context"):
+                fut.add_done_callback(print, context=None, other=1)  # type: ignore[call-arg]
+
+            seen: List[str] = []
+            other = contextvars.copy_context()
+            other.run(var.set, "other")
+            var.set("current")
+            fut.add_done_callback(lambda _f: seen.append("given " + var.get()), context=other)
+            fut.add_done_callback(lambda _f: seen.append("none " + var.get()), context=None)
+            fut.add_done_callback(lambda _f: seen.append("omitted " + var.get()))
+            # The keyword names arrive in a tuple object of their own here.
+            kwargs = {"context": other}
+            fut.add_done_callback(lambda _f: seen.append("dict " + var.get()), **kwargs)
+            var.set("later")
+            assert await fut == 50
+            await asyncio.sleep(0)
+            assert seen == ["given other", "none current", "omitted current", "dict other"]
+
+    run(main())
+
+
+def test_asyncio_future_blocking_is_a_bool_attribute(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            fut = c.add(1, 2)
+            assert fut._asyncio_future_blocking is False
+            fut._asyncio_future_blocking = True
+            assert fut._asyncio_future_blocking is True
+            fut._asyncio_future_blocking = False
+            assert fut._asyncio_future_blocking is False
+            with pytest.raises(TypeError):
+                fut._asyncio_future_blocking = 1  # type: ignore[assignment]
+            with pytest.raises(TypeError):
+                del fut._asyncio_future_blocking
+            # The awaiting coroutine sets it when it yields the future; the
+            # Task that gets the future clears it.
+            assert next(iter(fut.__await__())) is fut
+            assert fut._asyncio_future_blocking is True
+            fut._asyncio_future_blocking = False
+            assert await fut == 3
+            assert foorpc.CallFuture.get_loop(fut) is asyncio.get_running_loop()
+            with pytest.raises(TypeError):
+                foorpc.CallFuture.get_loop(object())  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                foorpc.CallFuture.add_done_callback(object(), print)  # type: ignore[arg-type]
+
+    run(main())
+
+
 def test_raising_a_stored_error_again_keeps_its_traceback_short(calc: str) -> None:
     async def main() -> None:
         async with await foorpc.AsyncClient.connect(calc) as c:
