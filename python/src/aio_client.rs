@@ -14,14 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::aio_future::{start_call, CallFuture, Completions};
 use crate::client::{notify, timeout_arg, Connection};
+use crate::cmethod::{add_fastcall, is_name, FastArgs, FastMethod};
+use crate::convert;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -410,6 +413,96 @@ impl AsyncClient {
     fn current_driver<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopDriver>> {
         lock(&self.driver).as_ref().map(|d| d.bind(py).clone())
     }
+
+    /// `call`: starts `method` with the params `encode_params` writes, on
+    /// the running loop.
+    fn start_call(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        encode_params: impl FnOnce(&mut Vec<u8>) -> PyResult<()>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<CallFuture>> {
+        let peer = self.conn.peer()?;
+        let driver = self.driver(py)?;
+        let timeout = timeout_arg(timeout, self.conn.default_timeout)?;
+        LoopDriver::cork_iteration(&driver)?;
+        let d = driver.get();
+        let (fut, deadline) = start_call(
+            py,
+            peer,
+            &d.completions,
+            &d.event_loop,
+            method,
+            encode_params,
+            timeout,
+        )?;
+        if let (true, Some(deadline)) = (d.reads.load(Ordering::Acquire), deadline) {
+            if let Err(e) = LoopDriver::arm_timer(&driver, deadline) {
+                CallFuture::cancel_with(fut.bind(py), None)?;
+                return Err(e);
+            }
+        }
+        Ok(fut)
+    }
+}
+
+/// Installs `AsyncClient.call`, written by hand (see `cmethod`): it is the
+/// entry point of every asyncio call.
+pub fn install(class: &Bound<'_, PyType>) -> PyResult<()> {
+    add_fastcall::<Call>(
+        class,
+        c"call",
+        c"call($self, method, *params, timeout=None)\n--\n\n\
+        Calls ``method(*params)``; returns an awaitable future of the running \
+        loop. ``timeout`` as in `Client.call`. Cancelling it forgets the call.",
+    )
+}
+
+/// `AsyncClient.call(method, *params, timeout=None)`.
+struct Call;
+
+impl FastMethod for Call {
+    unsafe fn call<'py>(
+        py: Python<'py>,
+        slf: *mut ffi::PyObject,
+        args: FastArgs<'_, 'py>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut method = (args.len() > 0).then(|| args.get(0));
+        let mut timeout = None;
+        for (name, value) in args.keywords() {
+            if is_name(&name, pyo3::intern!(py, "timeout")) {
+                timeout = Some(value);
+            } else if is_name(&name, pyo3::intern!(py, "method")) {
+                if method.replace(value).is_some() {
+                    return Err(PyTypeError::new_err(
+                        "call() got multiple values for argument 'method'",
+                    ));
+                }
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "call() got an unexpected keyword argument {}",
+                    name.repr()?
+                )));
+            }
+        }
+        let Some(method) = method else {
+            return Err(PyTypeError::new_err(
+                "call() missing required argument 'method' (pos 1)",
+            ));
+        };
+        let method = method.cast::<PyString>()?;
+        // SAFETY: the method descriptor checked that `slf` is an AsyncClient.
+        let client = Borrowed::from_ptr(py, slf).cast_unchecked::<AsyncClient>();
+        let params = (1..args.len()).map(|i| args.get(i).to_owned());
+        let fut = client.get().start_call(
+            py,
+            method.to_str()?,
+            |buf| convert::encode_params_from(params, buf),
+            timeout.as_deref(),
+        )?;
+        Ok(fut.into_any())
+    }
 }
 
 fn in_another_loop() -> PyErr {
@@ -447,39 +540,6 @@ impl AsyncClient {
             serves,
             driver: Mutex::new(None),
         })
-    }
-
-    /// Calls ``method(*params)``; returns an awaitable future of the running
-    /// loop. ``timeout`` as in `Client.call`. Cancelling it forgets the call.
-    #[pyo3(signature = (method, *params, timeout = None))]
-    fn call(
-        &self,
-        py: Python<'_>,
-        method: &str,
-        params: &Bound<'_, PyTuple>,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<CallFuture>> {
-        let peer = self.conn.peer()?;
-        let driver = self.driver(py)?;
-        let timeout = timeout_arg(timeout, self.conn.default_timeout)?;
-        LoopDriver::cork_iteration(&driver)?;
-        let d = driver.get();
-        let (fut, deadline) = start_call(
-            py,
-            peer,
-            &d.completions,
-            &d.event_loop,
-            method,
-            params,
-            timeout,
-        )?;
-        if let (true, Some(deadline)) = (d.reads.load(Ordering::Acquire), deadline) {
-            if let Err(e) = LoopDriver::arm_timer(&driver, deadline) {
-                CallFuture::cancel_with(fut.bind(py), None)?;
-                return Err(e);
-            }
-        }
-        Ok(fut)
     }
 
     /// Sends the notification ``method(*params)`` (queued at once; does not wait).

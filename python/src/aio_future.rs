@@ -21,7 +21,7 @@ use pyo3::exceptions::asyncio::{CancelledError, InvalidStateError};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyStopIteration, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::aio_await::await_iter;
@@ -670,20 +670,20 @@ impl Completions {
     }
 }
 
-/// Starts `method(*params)` on `peer`; returns the future its outcome
-/// resolves through `completions` (which belongs to `event_loop`), and the
-/// call's deadline.
+/// Starts `method(*params)` on `peer`, the params encoded as a MessagePack
+/// array by `encode_params`; returns the future its outcome resolves through
+/// `completions` (which belongs to `event_loop`), and the call's deadline.
 pub fn start_call(
     py: Python<'_>,
     peer: &foorpc::Peer,
     completions: &Py<Completions>,
     event_loop: &Py<PyAny>,
     method: &str,
-    params: &Bound<'_, PyTuple>,
+    encode_params: impl FnOnce(&mut Vec<u8>) -> PyResult<()>,
     timeout: Option<std::time::Duration>,
 ) -> PyResult<(Py<CallFuture>, Option<std::time::Instant>)> {
     let pending = convert::with_buffer(|buf| {
-        convert::encode_params(params, buf)?;
+        encode_params(buf)?;
         peer.call_async_encoded(method, buf, timeout)
             .map_err(|e| PyErr::from(Error(e)))
     })?;

@@ -10,8 +10,6 @@
 //! member descriptor is read and written by CPython itself, and these two
 //! methods take their arguments straight from the vectorcall array.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -19,63 +17,32 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use crate::aio_future::CallFuture;
-
-/// The definitions the descriptors point to; they must outlive the class.
-struct Defs {
-    blocking: ffi::PyMemberDef,
-    get_loop: ffi::PyMethodDef,
-    add_done_callback: ffi::PyMethodDef,
-}
+use crate::cmethod::{add_fastcall, add_member, add_noargs, FastArgs, FastMethod, NoArgsMethod};
 
 /// Installs the member and the two methods on the `CallFuture` class.
 pub fn install(class: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = class.py();
-    let offset = blocking_offset(class)?;
-    let defs: &'static mut Defs = Box::leak(Box::new(Defs {
-        blocking: ffi::PyMemberDef {
+    add_member(
+        class,
+        ffi::PyMemberDef {
             name: c"_asyncio_future_blocking".as_ptr(),
             type_code: ffi::Py_T_BOOL,
-            offset,
+            offset: blocking_offset(class)?,
             flags: 0,
             doc: c"Part of asyncio's protocol for future-compatible objects.".as_ptr(),
         },
-        get_loop: ffi::PyMethodDef {
-            ml_name: c"get_loop".as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunction: get_loop,
-            },
-            ml_flags: ffi::METH_NOARGS,
-            ml_doc: c"get_loop($self, /)\n--\n\nThe event loop the future belongs to.".as_ptr(),
-        },
-        add_done_callback: ffi::PyMethodDef {
-            ml_name: c"add_done_callback".as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: add_done_callback,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: c"add_done_callback($self, callback, /, *, context=None)\n--\n\n\
-                Calls callback(future) in `context` (default: a copy of the current one) \
-                once the future is done."
-                .as_ptr(),
-        },
-    }));
-    let ty = class.as_type_ptr();
-    // SAFETY: `ty` is a live class and the definitions are never freed.
-    let (member, get_loop, add_done_callback) = unsafe {
-        (
-            new_descriptor(py, ffi::PyDescr_NewMember(ty, &mut defs.blocking))?,
-            new_descriptor(py, ffi::PyDescr_NewMethod(ty, &mut defs.get_loop))?,
-            new_descriptor(py, ffi::PyDescr_NewMethod(ty, &mut defs.add_done_callback))?,
-        )
-    };
-    class.setattr("_asyncio_future_blocking", member)?;
-    class.setattr("get_loop", get_loop)?;
-    class.setattr("add_done_callback", add_done_callback)
-}
-
-/// SAFETY: `descr` is a new reference or NULL with an exception set.
-unsafe fn new_descriptor(py: Python<'_>, descr: *mut ffi::PyObject) -> PyResult<Bound<'_, PyAny>> {
-    Bound::from_owned_ptr_or_err(py, descr)
+    )?;
+    add_noargs::<GetLoop>(
+        class,
+        c"get_loop",
+        c"get_loop($self, /)\n--\n\nThe event loop the future belongs to.",
+    )?;
+    add_fastcall::<AddDoneCallback>(
+        class,
+        c"add_done_callback",
+        c"add_done_callback($self, callback, /, *, context=None)\n--\n\n\
+        Calls callback(future) in `context` (default: a copy of the current one) \
+        once the future is done.",
+    )
 }
 
 /// Where `CallFuture::blocking` lies in a `CallFuture` object, measured on
@@ -96,71 +63,54 @@ fn blocking_offset(class: &Bound<'_, PyType>) -> PyResult<ffi::Py_ssize_t> {
     }
 }
 
-/// Runs `body` for a C entry point: an error is raised in Python (NULL is
-/// returned), and a panic becomes a SystemError instead of crossing into
-/// CPython.
-fn entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods holding the GIL.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| body(py))).unwrap_or_else(|_| {
-        Err(PySystemError::new_err(
-            "foorpc: panic in a CallFuture method",
-        ))
-    });
-    match outcome {
-        Ok(obj) => obj.into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
-    }
-}
-
-/// SAFETY: `slf` must be a `CallFuture`: a method descriptor checks that
-/// before it calls, both unbound and when it binds.
+/// SAFETY: `slf` must be a `CallFuture` (see [`FastMethod::call`]).
 unsafe fn future<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> Bound<'py, CallFuture> {
     Bound::from_borrowed_ptr(py, slf).cast_into_unchecked()
 }
 
-unsafe extern "C" fn get_loop(
-    slf: *mut ffi::PyObject,
-    _unused: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(|py| Ok(future(py, slf).get().event_loop().clone_ref(py)))
+struct GetLoop;
+
+impl NoArgsMethod for GetLoop {
+    unsafe fn call(py: Python<'_>, slf: *mut ffi::PyObject) -> PyResult<Py<PyAny>> {
+        Ok(future(py, slf).get().event_loop().clone_ref(py))
+    }
 }
 
-unsafe extern "C" fn add_done_callback(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(|py| {
-        let arg = |i: usize| Bound::from_borrowed_ptr(py, *args.add(i));
-        if nargs != 1 {
+struct AddDoneCallback;
+
+impl FastMethod for AddDoneCallback {
+    unsafe fn call<'py>(
+        py: Python<'py>,
+        slf: *mut ffi::PyObject,
+        args: FastArgs<'_, 'py>,
+    ) -> PyResult<Py<PyAny>> {
+        if args.len() != 1 {
             return Err(PyTypeError::new_err(format!(
-                "add_done_callback() takes exactly one positional argument ({nargs} given)"
+                "add_done_callback() takes exactly one positional argument ({} given)",
+                args.len()
             )));
         }
-        let context = if kwnames.is_null() {
-            None
-        } else {
-            let names = Bound::from_borrowed_ptr(py, kwnames);
+        let mut context = None;
+        if let Some(names) = args.keyword_names() {
             if !is_context_only(&names)? {
                 return Err(PyTypeError::new_err(format!(
                     "add_done_callback() takes only `context` as a keyword argument, got {}",
                     names.repr()?
                 )));
             }
-            Some(arg(1)).filter(|c| !c.is_none())
-        };
+            context = args
+                .keywords()
+                .next()
+                .map(|(_, v)| v)
+                .filter(|c| !c.is_none());
+        }
         CallFuture::add_callback(
             &future(py, slf),
-            arg(0).unbind(),
-            context.map(Bound::unbind),
+            args.get(0).to_owned().unbind(),
+            context.map(|c| c.to_owned().unbind()),
         )?;
         Ok(py.None())
-    })
+    }
 }
 
 /// The first keyword-names tuple seen that is `("context",)`, kept alive so
@@ -169,7 +119,7 @@ static CONTEXT_ONLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Whether the keyword names of a call are exactly `("context",)`: by the
 /// tuple's identity first, as the names a Task passes are not interned.
-fn is_context_only(names: &Bound<'_, PyAny>) -> PyResult<bool> {
+fn is_context_only(names: &Bound<'_, PyTuple>) -> PyResult<bool> {
     let py = names.py();
     if CONTEXT_ONLY
         .get(py)
@@ -177,7 +127,6 @@ fn is_context_only(names: &Bound<'_, PyAny>) -> PyResult<bool> {
     {
         return Ok(true);
     }
-    let names = names.cast::<PyTuple>()?;
     if names.len() != 1 || !names.get_item(0)?.eq("context")? {
         return Ok(false);
     }

@@ -340,7 +340,7 @@ impl Peer {
             &completions,
             &event_loop.unbind(),
             &method,
-            params,
+            |buf| convert::encode_params(params, buf),
             timeout,
         )?;
         Ok(fut)

@@ -66,8 +66,16 @@ pub fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 
 /// Appends a tuple of arguments as one MessagePack params array.
 pub fn encode_params(args: &Bound<'_, PyTuple>, out: &mut Vec<u8>) -> PyResult<()> {
+    encode_params_from(args.iter(), out)
+}
+
+/// [`encode_params`] for arguments that are not in a tuple.
+pub fn encode_params_from<'py>(
+    args: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
+    out: &mut Vec<u8>,
+) -> PyResult<()> {
     write_array_len(out, args.len())?;
-    for a in args.iter() {
+    for a in args {
         encode(&a, out, 0)?;
     }
     Ok(())

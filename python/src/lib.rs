@@ -8,6 +8,7 @@ mod aio_client;
 mod aio_future;
 mod aio_protocol;
 mod client;
+mod cmethod;
 mod convert;
 mod errors;
 mod server;
@@ -33,6 +34,7 @@ mod _native {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::aio_protocol::install(&m.py().get_type::<CallFuture>())?;
+        crate::aio_client::install(&m.py().get_type::<AsyncClient>())?;
         Ok(())
     }
 }

@@ -47,6 +47,36 @@ def test_constructor_and_errors(calc: str) -> None:
     run(main())
 
 
+def test_call_arguments(calc: str) -> None:
+    async def main() -> None:
+        async with await foorpc.AsyncClient.connect(calc) as c:
+            assert await c.call("add", 2, 3) == 5
+            assert await c.call("add", 2, 3, timeout=5) == 5
+            assert await c.call("add", *range(2)) == 1
+            assert await c.call(method="sleep_ms") == 0  # the method by keyword
+            params = tuple(range(40))
+            assert await c.call("echo", params) == list(params)
+            with pytest.raises(TypeError, match="method"):
+                c.call()  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="method"):
+                c.call(timeout=1)  # type: ignore[call-arg]
+            with pytest.raises(TypeError):
+                c.call(1, 2)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="'timeot'"):
+                c.call("add", 1, 2, timeot=1)  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match="multiple values for argument 'method'"):
+                c.call("add", method="add")  # type: ignore[misc]
+            with pytest.raises(ValueError, match="timeout"):
+                c.call("add", 1, 2, timeout=-1)
+            with pytest.raises(TypeError):
+                c.call("echo", object())
+            # A failed call leaves nothing pending, and the client works on.
+            assert c.pending_calls == 0
+            assert await c.call("add", 4, 5) == 9
+
+    run(main())
+
+
 def test_many_concurrent_tasks(calc: str) -> None:
     async def main() -> None:
         c = await foorpc.AsyncClient.connect(calc)
