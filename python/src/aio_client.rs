@@ -471,9 +471,9 @@ impl FastMethod for Call {
         let mut method = (args.len() > 0).then(|| args.get(0));
         let mut timeout = None;
         for (name, value) in args.keywords() {
-            if is_name(&name, pyo3::intern!(py, "timeout")) {
+            if is_name(&name, pyo3::intern!(py, "timeout"))? {
                 timeout = Some(value);
-            } else if is_name(&name, pyo3::intern!(py, "method")) {
+            } else if is_name(&name, pyo3::intern!(py, "method"))? {
                 if method.replace(value).is_some() {
                     return Err(PyTypeError::new_err(
                         "call() got multiple values for argument 'method'",

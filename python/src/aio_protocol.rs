@@ -17,7 +17,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use crate::aio_future::CallFuture;
-use crate::cmethod::{add_fastcall, add_member, add_noargs, FastArgs, FastMethod, NoArgsMethod};
+use crate::cmethod::{
+    add_fastcall, add_member, add_noargs, is_name, FastArgs, FastMethod, NoArgsMethod,
+};
 
 /// Installs the member and the two methods on the `CallFuture` class.
 pub fn install(class: &Bound<'_, PyType>) -> PyResult<()> {
@@ -127,7 +129,7 @@ fn is_context_only(names: &Bound<'_, PyTuple>) -> PyResult<bool> {
     {
         return Ok(true);
     }
-    if names.len() != 1 || !names.get_item(0)?.eq("context")? {
+    if names.len() != 1 || !is_name(&names.get_item(0)?, pyo3::intern!(py, "context"))? {
         return Ok(false);
     }
     let _ = CONTEXT_ONLY.get_or_init(py, || names.clone().into_any().unbind());

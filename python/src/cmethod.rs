@@ -120,18 +120,23 @@ fn install(class: &Bound<'_, PyType>, name: &CStr, descr: *mut ffi::PyObject) ->
 /// Runs the body of a C entry point: an error is raised in Python (NULL is
 /// returned), and a panic becomes a SystemError instead of crossing into
 /// CPython.
+///
+/// The body runs inside `Python::attach`, as PyO3's own entry points do:
+/// the thread holds the GIL already, but without PyO3's attach count a `Py`
+/// dropped in the body would be parked in PyO3's deferred-release pool
+/// instead of released at once.
 fn entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods attached to the interpreter (GIL held).
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| body(py)))
-        .unwrap_or_else(|_| Err(PySystemError::new_err("foorpc: panic in a native method")));
-    match outcome {
-        Ok(obj) => obj.into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            std::ptr::null_mut()
+    Python::attach(|py| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| body(py)))
+            .unwrap_or_else(|_| Err(PySystemError::new_err("foorpc: panic in a native method")));
+        match outcome {
+            Ok(obj) => obj.into_ptr(),
+            Err(err) => {
+                err.restore(py);
+                std::ptr::null_mut()
+            }
         }
-    }
+    })
 }
 
 /// The arguments of a `METH_FASTCALL | METH_KEYWORDS` call, borrowed from
@@ -181,9 +186,10 @@ impl<'a, 'py> FastArgs<'a, 'py> {
         unsafe { Borrowed::from_ptr(self.py, self.positional[i]) }
     }
 
-    /// The keyword-names tuple (None when there are no keywords).
+    /// The keyword-names tuple (None when there are no keywords: a caller
+    /// may pass NULL or an empty tuple).
     pub(crate) fn keyword_names(&self) -> Option<Borrowed<'a, 'py, PyTuple>> {
-        self.keyword_names
+        self.keyword_names.filter(|names| !names.is_empty())
     }
 
     /// The keyword arguments, as (name, value) pairs.
@@ -201,7 +207,7 @@ impl<'a, 'py> FastArgs<'a, 'py> {
 }
 
 /// Whether a keyword name is `expected`: by identity first, as the names in
-/// compiled calls are interned.
-pub(crate) fn is_name(name: &Bound<'_, PyAny>, expected: &Bound<'_, PyAny>) -> bool {
-    name.is(expected) || name.eq(expected).unwrap_or(false)
+/// compiled calls are interned. A str subclass's `__eq__` may raise.
+pub(crate) fn is_name(name: &Bound<'_, PyAny>, expected: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(name.is(expected) || name.eq(expected)?)
 }
