@@ -90,6 +90,10 @@ unsafe extern "C" fn am_send(
     // No panic may cross into CPython: the body only locks and clones.
     let outcome = std::panic::catch_unwind(|| {
         // SAFETY: CPython calls this slot holding the GIL (or attached).
+        // Without `Python::attach` PyO3's attach count may be 0 here, which
+        // only matters for a `Py` dropped in the body (it would be released
+        // late, from PyO3's pool): none is, every object either leaves
+        // through `result` or is a `Bound`, released at once.
         let py = Python::assume_attached();
         let Some(fut) = future_of(py, iter) else {
             // Cleared by the cycle collector: nothing left to await.
