@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::conn::Conn;
 use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
+use crate::fasthash::BuildNameHasher;
 use crate::peer::Peer;
 use crate::pool::Pool;
 use crate::Value;
@@ -48,12 +49,15 @@ pub struct Notification {
 type RequestFn = Arc<dyn Fn(Request) + Send + Sync>;
 type NotificationFn = Arc<dyn Fn(Notification) + Send + Sync>;
 
+/// Handlers by method name.
+type Handlers<F> = HashMap<String, (F, Execution), BuildNameHasher>;
+
 /// The handlers of a server or client.
 #[derive(Clone, Default)]
 pub struct Router {
-    methods: HashMap<String, (RequestFn, Execution)>,
+    methods: Handlers<RequestFn>,
     fallback: Option<(RequestFn, Execution)>,
-    notifications: HashMap<String, (NotificationFn, Execution)>,
+    notifications: Handlers<NotificationFn>,
     notification_fallback: Option<(NotificationFn, Execution)>,
 }
 

@@ -45,6 +45,7 @@ pub mod codec;
 mod conn;
 pub mod dispatch;
 pub mod error;
+mod fasthash;
 mod fork;
 pub mod limits;
 pub mod message;

@@ -5,12 +5,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::fasthash::BuildIdHasher;
 use crate::Value;
 
 /// A completion callback; runs once, on the thread that completes the call.
@@ -201,32 +201,8 @@ impl CallSlot {
 }
 
 /// The in-flight table of one connection.
-/// Hashes msgids with one multiplication (Fibonacci hashing).
-///
-/// The table only ever holds msgids this side allocated, one after the
-/// other, so the flooding that SipHash (std's default) defends against
-/// cannot happen: a peer that answers with made-up msgids only looks up
-/// keys, it cannot insert them. std has no such hasher for integer keys.
-#[derive(Default)]
-pub(crate) struct MsgidHasher(u64);
-
-impl Hasher for MsgidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Calls = HashMap<u32, Arc<CallSlot>, BuildHasherDefault<MsgidHasher>>;
+/// Calls by msgid (see `fasthash` for why not SipHash).
+type Calls = HashMap<u32, Arc<CallSlot>, BuildIdHasher>;
 
 /// True when the deadline entry `(deadline, id)` belongs to a call still in
 /// flight (and not to an earlier call that had the same msgid).

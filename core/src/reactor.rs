@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::{Conn, ConnConfig};
 use crate::error::Result;
+use crate::fasthash::BuildIdHasher;
 use crate::fork;
 use crate::transport::Listener;
 
@@ -44,12 +45,12 @@ pub(crate) struct Acceptor {
 pub(crate) struct Core {
     poll: Poll,
     handle: ReactorHandle,
-    conns: HashMap<Token, Arc<Conn>>,
-    tokens: HashMap<u64, Token>,
-    listeners: HashMap<Token, Listener>,
+    conns: HashMap<Token, Arc<Conn>, BuildIdHasher>,
+    tokens: HashMap<u64, Token, BuildIdHasher>,
+    listeners: HashMap<Token, Listener, BuildIdHasher>,
     acceptor: Option<Acceptor>,
     /// Connections whose calls have deadlines to enforce, with the next one.
-    timed: HashMap<u64, (Weak<Conn>, Option<Instant>)>,
+    timed: HashMap<u64, (Weak<Conn>, Option<Instant>), BuildIdHasher>,
     next_token: usize,
     stop: bool,
 }
@@ -72,11 +73,11 @@ impl ReactorHandle {
         let mut core = Core {
             poll,
             handle: handle.clone(),
-            conns: HashMap::new(),
-            tokens: HashMap::new(),
-            listeners: HashMap::new(),
+            conns: HashMap::default(),
+            tokens: HashMap::default(),
+            listeners: HashMap::default(),
             acceptor,
-            timed: HashMap::new(),
+            timed: HashMap::default(),
             next_token: 1,
             stop: false,
         };
