@@ -67,7 +67,14 @@ struct ReadState {
     /// Bytes of a message not yet complete (empty between messages).
     partial: Vec<u8>,
     decoder: Decoder,
+    /// The messages of one read, kept empty between reads so that a read
+    /// does not allocate (see [`KEPT_BATCH`]).
+    batch: Vec<Message>,
 }
+
+/// Most messages a kept `ReadState::batch` has room for: enough for the
+/// usual batch of pipelined calls, little for an idle connection to keep.
+const KEPT_BATCH: usize = 64;
 
 struct WriteState {
     buf: Vec<u8>,
@@ -199,6 +206,7 @@ impl Conn {
             read: Mutex::new(ReadState {
                 partial: Vec::new(),
                 decoder: Decoder::new(&config.limits),
+                batch: Vec::new(),
             }),
             pending: Mutex::new(Pending::new(config.limits.max_in_flight.max(1))),
             stream,
@@ -580,7 +588,7 @@ impl Conn {
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
             self.read_wanted.store(false, Ordering::SeqCst);
-            let mut batch = Vec::new();
+            let mut batch = std::mem::take(&mut guard.batch);
             let status = self.read_batch(&mut guard, &mut batch, std::mem::take(&mut wait));
             if !batch.is_empty() {
                 // Processed before the read lock is released: a caller that
@@ -588,8 +596,11 @@ impl Conn {
                 // delivered, or it would wait on the socket for bytes that are
                 // gone (only try_lock is ever used on it, so this cannot deadlock).
                 self.cork();
-                self.process(batch);
+                self.process(batch.drain(..));
                 self.uncork();
+            }
+            if batch.capacity() <= KEPT_BATCH {
+                guard.batch = batch;
             }
             drop(guard);
             if let ReadStatus::Closed(e) = status {
@@ -737,7 +748,7 @@ impl Conn {
     }
 
     /// Completes replies and dispatches requests and notifications.
-    fn process(self: &Arc<Self>, batch: Vec<Message>) {
+    fn process(self: &Arc<Self>, batch: impl Iterator<Item = Message>) {
         for msg in batch {
             match msg {
                 Message::Response {
