@@ -17,7 +17,7 @@
 //! `read_wanted` flag lets a reader that finds the read lock taken leave the
 //! work to the holder, which looks again before it leaves.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -46,7 +46,15 @@ const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// The messages of one read, kept empty between reads on this thread so
+    /// that a read does not allocate. A read nested in the processing of
+    /// another (a handler that calls out) takes a fresh one.
+    static BATCH: Cell<Vec<Message>> = const { Cell::new(Vec::new()) };
 }
+
+/// Most messages a kept `BATCH` has room for: the usual batch of pipelined
+/// calls.
+const KEPT_BATCH: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here leave their state consistent at every step, so a
@@ -67,14 +75,7 @@ struct ReadState {
     /// Bytes of a message not yet complete (empty between messages).
     partial: Vec<u8>,
     decoder: Decoder,
-    /// The messages of one read, kept empty between reads so that a read
-    /// does not allocate (see [`KEPT_BATCH`]).
-    batch: Vec<Message>,
 }
-
-/// Most messages a kept `ReadState::batch` has room for: enough for the
-/// usual batch of pipelined calls, little for an idle connection to keep.
-const KEPT_BATCH: usize = 64;
 
 struct WriteState {
     buf: Vec<u8>,
@@ -206,7 +207,6 @@ impl Conn {
             read: Mutex::new(ReadState {
                 partial: Vec::new(),
                 decoder: Decoder::new(&config.limits),
-                batch: Vec::new(),
             }),
             pending: Mutex::new(Pending::new(config.limits.max_in_flight.max(1))),
             stream,
@@ -588,7 +588,7 @@ impl Conn {
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
             self.read_wanted.store(false, Ordering::SeqCst);
-            let mut batch = std::mem::take(&mut guard.batch);
+            let mut batch = BATCH.with(Cell::take);
             let status = self.read_batch(&mut guard, &mut batch, std::mem::take(&mut wait));
             if !batch.is_empty() {
                 // Processed before the read lock is released: a caller that
@@ -600,7 +600,7 @@ impl Conn {
                 self.uncork();
             }
             if batch.capacity() <= KEPT_BATCH {
-                guard.batch = batch;
+                BATCH.with(|kept| kept.set(batch));
             }
             drop(guard);
             if let ReadStatus::Closed(e) = status {
