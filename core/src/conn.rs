@@ -53,7 +53,8 @@ thread_local! {
 }
 
 /// Most messages a kept `BATCH` has room for: the usual batch of pipelined
-/// calls.
+/// calls (a larger one is shrunk to this, not dropped, so that the next
+/// large read need not grow it from nothing again).
 const KEPT_BATCH: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -599,9 +600,8 @@ impl Conn {
                 self.process(batch.drain(..));
                 self.uncork();
             }
-            if batch.capacity() <= KEPT_BATCH {
-                BATCH.with(|kept| kept.set(batch));
-            }
+            batch.shrink_to(KEPT_BATCH);
+            BATCH.with(|kept| kept.set(batch));
             drop(guard);
             if let ReadStatus::Closed(e) = status {
                 self.close(e);

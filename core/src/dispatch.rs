@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::conn::Conn;
 use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
-use crate::fasthash::BuildNameHasher;
+use crate::fasthash::FastState;
 use crate::peer::Peer;
 use crate::pool::Pool;
 use crate::Value;
@@ -50,7 +50,7 @@ type RequestFn = Arc<dyn Fn(Request) + Send + Sync>;
 type NotificationFn = Arc<dyn Fn(Notification) + Send + Sync>;
 
 /// Handlers by method name.
-type Handlers<F> = HashMap<String, (F, Execution), BuildNameHasher>;
+type Handlers<F> = HashMap<String, (F, Execution), FastState>;
 
 /// The handlers of a server or client.
 #[derive(Clone, Default)]

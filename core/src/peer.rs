@@ -330,6 +330,8 @@ impl PendingCall {
 
     /// Runs `f` with the outcome once it is known, on the I/O thread that
     /// received it (or right here if it is already known). `f` must be quick.
+    /// If `f` panics on the I/O thread, the panic is reported by the panic
+    /// hook and goes no further: the connection and its other calls go on.
     pub fn on_complete(mut self, f: impl FnOnce(Result<Value>) + Send + 'static) {
         self.finished = true;
         if let Err(e) = self.drive_in_background() {

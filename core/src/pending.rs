@@ -10,7 +10,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::fasthash::BuildIdHasher;
+use crate::fasthash::FastState;
 use crate::Value;
 
 /// A completion callback; runs once, on the thread that completes the call.
@@ -88,7 +88,11 @@ impl CallSlot {
         if let Some(cb) = st.callback.take() {
             st.outcome = Outcome::Taken;
             drop(st);
-            cb(result);
+            // The callback runs on the thread that read the reply, usually
+            // in the middle of a batch: a panic must not unwind through the
+            // reader (leaving its lock poisoned and the rest of the batch
+            // undelivered). The panic hook has reported it already.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(result)));
             return;
         }
         st.outcome = Outcome::Ready(result);
@@ -202,7 +206,7 @@ impl CallSlot {
 
 /// The in-flight table of one connection.
 /// Calls by msgid (see `fasthash` for why not SipHash).
-type Calls = HashMap<u32, Arc<CallSlot>, BuildIdHasher>;
+type Calls = HashMap<u32, Arc<CallSlot>, FastState>;
 
 /// True when the deadline entry `(deadline, id)` belongs to a call still in
 /// flight (and not to an earlier call that had the same msgid).

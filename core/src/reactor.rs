@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::{Conn, ConnConfig};
 use crate::error::Result;
-use crate::fasthash::BuildIdHasher;
+use crate::fasthash::FastState;
 use crate::fork;
 use crate::transport::Listener;
 
@@ -45,12 +45,12 @@ pub(crate) struct Acceptor {
 pub(crate) struct Core {
     poll: Poll,
     handle: ReactorHandle,
-    conns: HashMap<Token, Arc<Conn>, BuildIdHasher>,
-    tokens: HashMap<u64, Token, BuildIdHasher>,
-    listeners: HashMap<Token, Listener, BuildIdHasher>,
+    conns: HashMap<Token, Arc<Conn>, FastState>,
+    tokens: HashMap<u64, Token, FastState>,
+    listeners: HashMap<Token, Listener, FastState>,
     acceptor: Option<Acceptor>,
     /// Connections whose calls have deadlines to enforce, with the next one.
-    timed: HashMap<u64, (Weak<Conn>, Option<Instant>), BuildIdHasher>,
+    timed: HashMap<u64, (Weak<Conn>, Option<Instant>), FastState>,
     next_token: usize,
     stop: bool,
 }
