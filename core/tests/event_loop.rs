@@ -42,30 +42,6 @@ fn loop_driven(router: Router) -> (Server, Client) {
     (server, client)
 }
 
-/// One poll(2) round over the client's socket, as an event loop would run it.
-fn loop_once(client: &Client, wait: Duration) -> foorpc::Result<()> {
-    let events = libc::POLLIN
-        | if client.wants_write() {
-            libc::POLLOUT
-        } else {
-            0
-        };
-    let mut pfd = libc::pollfd {
-        fd: client.fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
-    if pfd.revents & libc::POLLOUT != 0 {
-        client.flush()?;
-    }
-    if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-        client.read_ready()?;
-    }
-    Ok(())
-}
-
 #[test]
 fn calls_complete_on_the_loop_thread() {
     let (_server, client) = loop_driven(calc_router());

@@ -251,17 +251,6 @@ fn inline_handler_calls_another_server_synchronously_amid_pipelined_requests() {
     );
 }
 
-/// Waits (bounded) until `client`'s socket is readable.
-fn wait_readable(client: &Client, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: client.fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) > 0 }
-}
-
 /// Runs `n` pipelined add calls on a loop-driven client, driving it on this
 /// thread; returns the results in msgid order.
 fn loop_driven_adds(client: &Client, n: i64) -> Vec<i64> {
@@ -280,10 +269,7 @@ fn loop_driven_adds(client: &Client, n: i64) -> Vec<i64> {
     client.uncork();
     let deadline = Instant::now() + Duration::from_secs(10);
     while out.lock().unwrap().len() < n as usize && Instant::now() < deadline {
-        let _ = client.flush();
-        if wait_readable(client, Duration::from_millis(50)) {
-            client.read_ready().unwrap();
-        }
+        loop_once(client, Duration::from_millis(50)).unwrap();
     }
     let mut got = out.lock().unwrap().clone();
     got.sort();
@@ -324,7 +310,7 @@ fn a_panicking_completion_callback_leaves_this_threads_other_connections_working
     }
     c1.uncork();
     c1.flush().unwrap();
-    assert!(wait_readable(&c1, PROMPT));
+    assert_ne!(poll_client(&c1, libc::POLLIN, PROMPT), 0);
     thread::sleep(Duration::from_millis(200)); // let all five replies land
     c1.read_ready().unwrap();
     assert_eq!(
@@ -354,7 +340,7 @@ fn after_a_panicking_callback_the_connection_still_reads() {
         .unwrap();
     call.on_complete(|_| panic!("callback panics on purpose"));
     c1.flush().unwrap();
-    assert!(wait_readable(&c1, PROMPT));
+    assert_ne!(poll_client(&c1, libc::POLLIN, PROMPT), 0);
     c1.read_ready().unwrap();
     // A new call on the same connection.
     let result = loop_driven_adds(&c1, 1);

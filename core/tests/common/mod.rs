@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: servers with a small set of
 //! handlers, temporary directories for Unix sockets, a raw MessagePack-RPC
-//! peer over a std socket, and a minimal `block_on`.
+//! peer over a std socket, one round of an event loop over a client's
+//! socket, and a minimal `block_on`.
 //!
 //! Every test file uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -16,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use foorpc::codec::{self, Decoder};
-use foorpc::{Error, Execution, Limits, Message, Router, Server, Value};
+use foorpc::{Client, Error, Execution, Limits, Message, Router, Server, Value};
 
 /// Upper bound for anything that should happen "at once" (generous: a shared
 /// 2-core machine can stall for a while).
@@ -332,3 +333,35 @@ pub fn code_message(e: &Error) -> (i64, String) {
 /// Timeout for calls in tests: long enough for a loaded machine, short
 /// enough that a lost reply fails the test instead of hanging it.
 pub const CALL: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Waits (at most `wait`) for `events` on the client's socket, with one
+/// poll(2); returns the events that came (0 when `wait` passed).
+pub fn poll_client(client: &Client, events: i16, wait: Duration) -> i16 {
+    let mut pfd = libc::pollfd {
+        fd: client.fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
+    pfd.revents
+}
+
+/// One poll(2) round over the socket of a client driven by the test's own
+/// event loop: flushes when it is writable, reads when it is readable.
+pub fn loop_once(client: &Client, wait: Duration) -> foorpc::Result<()> {
+    let events = libc::POLLIN
+        | if client.wants_write() {
+            libc::POLLOUT
+        } else {
+            0
+        };
+    let revents = poll_client(client, events, wait);
+    if revents & libc::POLLOUT != 0 {
+        client.flush()?;
+    }
+    if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+        client.read_ready()?;
+    }
+    Ok(())
+}
