@@ -204,7 +204,6 @@ impl CallSlot {
     }
 }
 
-/// The in-flight table of one connection.
 /// Calls by msgid (see `fasthash` for why not SipHash).
 type Calls = HashMap<u32, Arc<CallSlot>, FastState>;
 
@@ -214,6 +213,7 @@ fn is_live(calls: &Calls, id: u32, deadline: Instant) -> bool {
     calls.get(&id).is_some_and(|s| s.deadline == Some(deadline))
 }
 
+/// The in-flight table of one connection.
 pub(crate) struct Pending {
     calls: Calls,
     /// Deadlines of the calls above, earliest on top, for expiry by a
