@@ -42,7 +42,7 @@ enum Outcome {
 }
 
 /// A done callback and the `contextvars.Context` it runs in.
-type Callback = (Py<PyAny>, Option<Py<PyAny>>);
+type Callback = (Py<PyAny>, Py<PyAny>);
 
 struct FutureState {
     outcome: Outcome,
@@ -145,10 +145,7 @@ impl CallFuture {
             } else {
                 this.as_any()
             };
-            let ran = match &context {
-                Some(ctx) => context_run(py)?.call1(py, (ctx, &callback, arg)),
-                None => callback.call1(py, (arg,)),
-            };
+            let ran = context_run(py)?.call1(py, (&context, &callback, arg));
             if let Err(err) = ran {
                 if let Err(fatal) = fut.report(py, err, &callback) {
                     // SystemExit or KeyboardInterrupt leaves; the other
@@ -218,11 +215,11 @@ impl CallFuture {
         {
             let mut st = lock(&fut.state);
             if matches!(st.outcome, Outcome::Pending) {
-                st.callbacks.push((callback, Some(context)));
+                st.callbacks.push((callback, context));
                 return Ok(());
             }
         }
-        fut.schedule(this, [(callback, Some(context))])
+        fut.schedule(this, [(callback, context)])
     }
 
     fn is_done(&self) -> bool {
