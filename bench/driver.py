@@ -375,6 +375,8 @@ def build_clients(args, sizes: Sizes) -> List[Client]:
 FIGURES = [
     ("machine.stalls", "machine.probe", "stalls_per_s", "per_s_per_cpu", 1),
     ("machine.stall_mean", "machine.probe", "stall_mean_ns", "us", 1e-3),
+    ("machine.tick", "machine.probe", "tick_hz", "Hz", 1),
+    ("machine.stall_tick_share", "machine.probe", "tick_share_pct", "%", 1),
     ("seq_p50.raw_c", "raw.seq", "seq_p50_ns", "us", 1e-3),
     ("seq_p99.raw_c", "raw.seq", "seq_p99_ns", "us", 1e-3),
     ("seq_p50.rust", "rust.seq", "seq_p50_ns", "us", 1e-3),
@@ -506,6 +508,9 @@ def run_mode(mode: str, args, sizes: Sizes, clients: List[Client]) -> List[str]:
             lines.append(f"idle_conn_memory.rust_server: n/a bytes/conn {suffix} ({errors.get('memory')})")
     for name, num, den, op, target in RATIOS:
         pairs = [a / b for a, b in zip(per_round[num], per_round[den]) if a is not None and b]
+        if pairs:
+            # The spread behind the median, for whoever checks it.
+            log(f"{name} {suffix} per round: {' '.join(f'{v:.3f}' for v in pairs)}")
         if pairs and op == "ref":
             lines.append(f"{name}: {statistics.median(pairs):.2f} x {suffix} (reference, no target)")
         elif pairs:
