@@ -547,9 +547,10 @@ impl Decoder {
             let item = match head(buf, self.pos)? {
                 Head::Item(item) => item,
                 Head::Short(head_len) => {
-                    // This item takes `head_len` bytes at least, every other
-                    // owed item one byte at least.
-                    self.need = self.pos + head_len + (self.owed - 1);
+                    // Read the header again as soon as it is whole: only then
+                    // can its declared size be checked against the limits, as
+                    // a scan of the whole buffer at once would check it.
+                    self.need = self.pos + head_len;
                     return Ok(None);
                 }
             };
@@ -620,7 +621,9 @@ fn head(buf: &[u8], pos: usize) -> Result<Head, DecodeError> {
                 };
                 let head = 1 + len_bytes + extra;
                 let Some(len_slice) = buf.get(pos + 1..pos + 1 + len_bytes) else {
-                    return Ok(Head::Short(head));
+                    // The length is what is needed to judge the item; an
+                    // ext's type byte after it is not.
+                    return Ok(Head::Short(1 + len_bytes));
                 };
                 let n = len_slice
                     .iter()
@@ -1490,7 +1493,7 @@ mod tests {
     fn scalar_request_path_matches_the_general_decoder() {
         let msgids = msgid_forms();
         let mut long = vec![0xd9, 40];
-        long.extend(std::iter::repeat_n(b'm', 40));
+        long.extend(std::iter::repeat(b'm').take(40));
         let methods: Vec<Vec<u8>> = vec![
             vec![0xa3, b'a', b'd', b'd'],
             vec![0xa0],

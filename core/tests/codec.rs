@@ -3,6 +3,9 @@
 
 use foorpc::codec::{self, DecodeError, Decoder};
 use foorpc::{Limits, Message, Value};
+
+mod common;
+use common::same_message;
 use serde_json::Value as Json;
 
 fn vectors() -> Json {
@@ -95,79 +98,6 @@ fn message(j: &Json) -> Message {
         }
     } else {
         panic!("unknown message {j}")
-    }
-}
-
-/// Exact equality: same variant, same integer sign class, floats by bits
-/// (NaN equals NaN, -0.0 differs from 0.0), strings by raw bytes.
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Nil, Value::Nil) => true,
-        (Value::Boolean(x), Value::Boolean(y)) => x == y,
-        (Value::Integer(x), Value::Integer(y)) => {
-            x.as_u64() == y.as_u64() && x.as_i64() == y.as_i64()
-        }
-        (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
-        (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
-        (Value::String(x), Value::String(y)) => {
-            x.as_bytes() == y.as_bytes() && x.is_str() == y.is_str()
-        }
-        (Value::Binary(x), Value::Binary(y)) => x == y,
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
-        }
-        (Value::Map(x), Value::Map(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y)
-                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
-        }
-        (Value::Ext(ta, da), Value::Ext(tb, db)) => ta == tb && da == db,
-        _ => false,
-    }
-}
-
-fn same_values(a: &[Value], b: &[Value]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_value(a, b))
-}
-
-fn same_message(a: &Message, b: &Message) -> bool {
-    match (a, b) {
-        (
-            Message::Request {
-                msgid: ia,
-                method: ma,
-                params: pa,
-            },
-            Message::Request {
-                msgid: ib,
-                method: mb,
-                params: pb,
-            },
-        ) => ia == ib && ma == mb && same_values(pa, pb),
-        (
-            Message::Response {
-                msgid: ia,
-                error: ea,
-                result: ra,
-            },
-            Message::Response {
-                msgid: ib,
-                error: eb,
-                result: rb,
-            },
-        ) => ia == ib && same_value(ea, eb) && same_value(ra, rb),
-        (
-            Message::Notification {
-                method: ma,
-                params: pa,
-            },
-            Message::Notification {
-                method: mb,
-                params: pb,
-            },
-        ) => ma == mb && same_values(pa, pb),
-        _ => false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: servers with a small set of
 //! handlers, temporary directories for Unix sockets, a raw MessagePack-RPC
 //! peer over a std socket, one round of an event loop over a client's
-//! socket, and a minimal `block_on`.
+//! socket, a minimal `block_on`, and exact equality of values and messages.
 //!
 //! Every test file uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -364,4 +364,78 @@ pub fn loop_once(client: &Client, wait: Duration) -> foorpc::Result<()> {
         client.read_ready()?;
     }
     Ok(())
+}
+
+/// Exact equality of values: same variant, same integer sign class, floats
+/// by bits (NaN equals NaN, -0.0 differs from 0.0), strings by raw bytes and
+/// validity. (`Value`'s `PartialEq` compares floats by value.)
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Nil, Value::Nil) => true,
+        (Value::Boolean(x), Value::Boolean(y)) => x == y,
+        (Value::Integer(x), Value::Integer(y)) => {
+            x.as_u64() == y.as_u64() && x.as_i64() == y.as_i64()
+        }
+        (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
+        (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
+        (Value::String(x), Value::String(y)) => {
+            x.as_bytes() == y.as_bytes() && x.is_str() == y.is_str()
+        }
+        (Value::Binary(x), Value::Binary(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => same_values(x, y),
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
+        }
+        (Value::Ext(ta, da), Value::Ext(tb, db)) => ta == tb && da == db,
+        _ => false,
+    }
+}
+
+/// [`same_value`] element by element.
+pub fn same_values(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_value(a, b))
+}
+
+/// Exact equality of messages ([`same_value`] for their values).
+pub fn same_message(a: &Message, b: &Message) -> bool {
+    match (a, b) {
+        (
+            Message::Request {
+                msgid: ia,
+                method: ma,
+                params: pa,
+            },
+            Message::Request {
+                msgid: ib,
+                method: mb,
+                params: pb,
+            },
+        ) => ia == ib && ma == mb && same_values(pa, pb),
+        (
+            Message::Response {
+                msgid: ia,
+                error: ea,
+                result: ra,
+            },
+            Message::Response {
+                msgid: ib,
+                error: eb,
+                result: rb,
+            },
+        ) => ia == ib && same_value(ea, eb) && same_value(ra, rb),
+        (
+            Message::Notification {
+                method: ma,
+                params: pa,
+            },
+            Message::Notification {
+                method: mb,
+                params: pb,
+            },
+        ) => ma == mb && same_values(pa, pb),
+        _ => false,
+    }
 }
