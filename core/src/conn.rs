@@ -164,6 +164,11 @@ pub(crate) struct Conn {
     config: ConnConfig,
     read: Mutex<ReadState>,
     read_wanted: AtomicBool,
+    /// The poller reported the peer's end of stream. A short read then no
+    /// longer means the socket is drained: with edge-triggered polling, a FIN
+    /// that came with the data raises no event of its own, so reading goes on
+    /// until it finds the end.
+    read_closed: AtomicBool,
     write: Mutex<WriteState>,
     pending: Mutex<Pending>,
     closed: AtomicBool,
@@ -213,6 +218,7 @@ impl Conn {
             stream,
             config,
             read_wanted: AtomicBool::new(false),
+            read_closed: AtomicBool::new(false),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
@@ -567,8 +573,12 @@ impl Conn {
 
     // ---- reading ----------------------------------------------------------
 
-    /// The reactor saw the socket become readable.
-    pub(crate) fn on_readable(self: &Arc<Self>) {
+    /// The reactor saw the socket become readable; `read_closed` when the
+    /// same event said the peer will send nothing more.
+    pub(crate) fn on_readable(self: &Arc<Self>, read_closed: bool) {
+        if read_closed {
+            self.read_closed.store(true, Ordering::SeqCst);
+        }
         self.read_wanted.store(true, Ordering::SeqCst);
         if let Ok(guard) = self.read.try_lock() {
             self.pump(guard, false);
@@ -577,8 +587,11 @@ impl Conn {
 
     /// The event loop saw the socket become readable: reads what is there
     /// without waiting and processes it (completions run on this thread).
+    /// The loop is level-triggered (it reports the socket again while there
+    /// is more to read, the end of stream included), so a short read may
+    /// stop here.
     pub(crate) fn read_now(self: &Arc<Self>) -> Result<()> {
-        self.on_readable();
+        self.on_readable(false);
         match lock(&self.pending).closed_reason() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -700,8 +713,9 @@ impl Conn {
                 if let Err(e) = result {
                     return ReadStatus::Closed(self.protocol_violation(e));
                 }
-                if n < asked {
-                    // A short read drained the socket; new data raises a new event.
+                if n < asked && !self.read_closed.load(Ordering::Relaxed) {
+                    // A short read drained the socket; new data (or the end
+                    // of the stream) raises a new event.
                     return ReadStatus::Open;
                 }
             }

@@ -210,7 +210,10 @@ impl Peer {
 
     /// Hands this connection's I/O to the program's own event loop (asyncio,
     /// libuv, epoll...), which from then on must:
-    /// - call [`Peer::read_ready`] when [`Peer::fd`] is readable;
+    /// - call [`Peer::read_ready`] when [`Peer::fd`] is readable, and again
+    ///   as long as it stays readable (level-triggered, as asyncio, libuv's
+    ///   `uv_poll` and `poll(2)` report it; with edge-triggered epoll, call
+    ///   it again on `EPOLLRDHUP` too, or until it fails);
     /// - call [`Peer::flush`] after its calls (or an `uncork`) and, while
     ///   [`Peer::wants_write`], again whenever the fd is writable;
     /// - call [`Peer::expire_calls`] at the deadline it returns, so that

@@ -181,7 +181,7 @@ impl Core {
                             conn.on_writable();
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            conn.on_readable();
+                            conn.on_readable(ev.is_read_closed() || ev.is_error());
                         }
                         if conn.is_closed() {
                             self.remove_token(t);
@@ -256,8 +256,10 @@ impl Core {
         }
         self.tokens.insert(conn.id(), token);
         self.conns.insert(token, conn.clone());
-        // Data may have arrived before registration; edge-triggered polling would not report it.
-        conn.on_readable();
+        // Data may have arrived before registration; edge-triggered polling
+        // would not report it. (A FIN that came before registration is
+        // reported: registering queues an event for what is ready already.)
+        conn.on_readable(false);
         if conn.is_closed() {
             self.remove_token(token);
         }

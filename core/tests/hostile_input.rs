@@ -82,6 +82,51 @@ fn truncated_message_then_close() {
     f.normal_client_works();
 }
 
+/// Sends `bytes` and the FIN in one TCP segment (MSG_MORE holds the bytes
+/// back until the shutdown), so that the server's one readiness event says
+/// both "readable" and "closed for reading".
+fn send_with_fin(raw: &mut RawPeer<std::net::TcpStream>, bytes: &[u8]) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live socket and a valid buffer of bytes.len() bytes.
+    let n = unsafe {
+        libc::send(
+            raw.stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_MORE,
+        )
+    };
+    assert_eq!(n, bytes.len() as isize);
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+/// With edge-triggered polling, a FIN that comes with the data raises no
+/// event of its own: the server must not take the short read of that data
+/// for "drained" and miss the end of the stream (each such peer would hold
+/// a file descriptor forever).
+#[test]
+fn data_and_fin_in_one_segment_close_the_connection() {
+    let mut f = Fixture::new();
+    let full = request_bytes(5, "add", &[Value::from(40), Value::from(2)]);
+    for round in 0..10 {
+        // A partial message: no reply, only the close.
+        let mut raw = f.raw();
+        assert!(eventually(PROMPT, || f.server.connection_count() == 2));
+        send_with_fin(&mut raw, &full[..3]);
+        let seen = assert_closed_promptly(&mut raw, "partial message and FIN");
+        assert!(seen.is_empty(), "round {round}: answered {seen:?}");
+        f.only_normal_client_left();
+        // A whole request: its reply, then the close.
+        let mut raw = f.raw();
+        assert!(eventually(PROMPT, || f.server.connection_count() == 2));
+        send_with_fin(&mut raw, &full);
+        let seen = assert_closed_promptly(&mut raw, "request and FIN");
+        assert_eq!(seen.len(), 1, "round {round}: {seen:?}");
+        f.only_normal_client_left();
+    }
+    f.normal_client_works();
+}
+
 #[test]
 fn truncated_message_sent_byte_by_byte_then_completed_is_answered() {
     let mut f = Fixture::new();
