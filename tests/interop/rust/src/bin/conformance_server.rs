@@ -11,13 +11,23 @@ use foorpc::{Error, Execution, Router, Server, Value};
 
 type Seen = Arc<Mutex<HashMap<u64, Vec<Value>>>>;
 
+/// The longest `sleep_ms` accepted, as in the C conformance server.
+const MAX_SLEEP_MS: u64 = 3_600_000;
+
 fn main() {
     let args = foorpc_interop::parse_args("conformance_server");
     let signals = block_termination_signals();
 
     let seen: Seen = Arc::default();
     let mut router = Router::new();
-    router.typed("add", Execution::Inline, |(a, b): (i64, i64)| Ok(a + b));
+    router.typed("add", Execution::Inline, |(a, b): (i64, i64)| {
+        a.checked_add(b).ok_or_else(|| {
+            Error::Remote(Error::error_object(
+                1,
+                "add takes two integers whose sum fits int64",
+            ))
+        })
+    });
     router.method_inline("echo", |params| match <[Value; 1]>::try_from(params) {
         Ok([x]) => Ok(x),
         Err(_) => Err(Error::Remote(Error::error_object(
@@ -30,7 +40,16 @@ fn main() {
         Err(Error::Remote(Error::error_object(0, msg)))
     });
     router.register("sleep_ms", Execution::Inline, |req| {
-        let ms = req.params.first().and_then(Value::as_u64).unwrap_or(0);
+        let ms = match req.params.as_slice() {
+            [n] => n.as_u64().filter(|&ms| ms <= MAX_SLEEP_MS),
+            _ => None,
+        };
+        let Some(ms) = ms else {
+            return req.responder.error(Error::error_object(
+                1,
+                "sleep_ms takes a number of milliseconds (at most one hour)",
+            ));
+        };
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
             req.responder.ok(Value::from(ms));
