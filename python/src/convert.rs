@@ -387,10 +387,12 @@ fn to_py_inner(py: Python<'_>, value: Value, key: bool) -> PyResult<Bound<'_, Py
             }
         }
         Value::Map(entries) => {
+            let n = entries.len();
             let d = PyDict::new(py);
             for (k, v) in entries {
                 d.set_item(to_py_inner(py, k, true)?, to_py_inner(py, v, false)?)?;
             }
+            check_map_len(&d, n)?;
             d.into_any()
         }
         Value::Ext(code, data) => types(py)?
@@ -424,6 +426,20 @@ pub fn decode_to_py<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, P
 struct Decode<'a> {
     buf: &'a [u8],
     pos: usize,
+}
+
+/// A map whose keys are equal in Python (a repeated key, or 1, 1.0 and
+/// True, or 0.0 and -0.0) would lose entries as a dict: an error, not a
+/// silently smaller value.
+fn check_map_len(d: &Bound<'_, PyDict>, n: usize) -> PyResult<()> {
+    if d.len() == n {
+        return Ok(());
+    }
+    Err(PyValueError::new_err(format!(
+        "a MessagePack map of {n} entries has keys that are equal in Python \
+         (a dict would keep {} of them)",
+        d.len()
+    )))
 }
 
 fn truncated() -> PyErr {
@@ -574,6 +590,7 @@ impl<'a> Decode<'a> {
             let v = self.value(py, false, depth)?;
             d.set_item(k, v)?;
         }
+        check_map_len(&d, n)?;
         Ok(d.into_any())
     }
 

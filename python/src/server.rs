@@ -147,15 +147,44 @@ fn run_deferred(h: &Handler, req: Request) {
 }
 
 fn run_notification(h: &Handler, n: Notification) {
-    let Notification { params, peer, .. } = n;
+    let Notification {
+        method,
+        params,
+        peer,
+    } = n;
     Python::attach(|py| {
-        let r = h
-            .args(py, params, peer)
-            .and_then(|args| h.func.bind(py).call1(args));
-        if let Err(e) = r {
+        let args = match h.args(py, params, peer) {
+            Ok(args) => args,
+            // The peer's fault, with nobody to answer: logged like a
+            // handler's exception (the handler entry logs those), without a
+            // traceback, which would only show foorpc's own frames.
+            Err(e) => return log_dropped_notification(py, &method, &e),
+        };
+        if let Err(e) = h.func.bind(py).call1(args) {
             e.write_unraisable(py, Some(h.func.bind(py)));
         }
     })
+}
+
+/// Logs on the `foorpc` logger that a notification whose params cannot
+/// become Python values was dropped.
+fn log_dropped_notification(py: Python<'_>, method: &str, e: &PyErr) {
+    let logged = py
+        .import("logging")
+        .and_then(|logging| logging.call_method1("getLogger", ("foorpc",)))
+        .and_then(|log| {
+            log.call_method1(
+                "warning",
+                (
+                    "foorpc: notification %r dropped: its params cannot become Python values (%s)",
+                    method,
+                    e.value(py).str()?,
+                ),
+            )
+        });
+    if let Err(failed) = logged {
+        failed.write_unraisable(py, None);
+    }
 }
 
 /// Answers one request, once (later answers are ignored). Dropping it

@@ -257,6 +257,40 @@ def test_notifications_in_order(server: foorpc.Server) -> None:
     assert seen == list(range(1000))
 
 
+def test_notification_whose_params_cannot_become_python_values_is_logged(
+    server: foorpc.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map key that is a map has no Python form: the notification is
+    dropped with a warning on the ``foorpc`` logger (not an unraisable
+    exception), and the next one is delivered."""
+    import socket
+
+    import msgpack
+
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    seen: list[object] = []
+    done = threading.Event()
+
+    @server.notification
+    def note(x: object) -> None:
+        seen.append(x)
+        done.set()
+
+    addr = serve(server)
+    host, port = addr[len("tcp://"):].rsplit(":", 1)
+    with caplog.at_level("WARNING", logger="foorpc"):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(bytes.fromhex("9302a46e6f7465918181010203"))  # [2, "note", [{{1: 2}: 3}]]
+            s.sendall(msgpack.packb([2, "note", [7]]))
+            assert done.wait(10)
+    assert seen == [7]
+    assert unraisable == []
+    dropped = [r for r in caplog.records if r.name == "foorpc" and "'note' dropped" in r.getMessage()]
+    assert len(dropped) == 1, caplog.records
+    assert "unhashable" in dropped[0].getMessage()
+
+
 def test_notification_fallback_takes_every_other_name(server: foorpc.Server) -> None:
     seen: list[tuple[str, tuple[object, ...]]] = []
     done = threading.Event()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import socket
+import threading
+from typing import Any
 
+import msgpack
 import pytest
 
 import foorpc
@@ -149,3 +153,83 @@ def test_many_values_in_one_call(calc: str) -> None:
     with foorpc.Client(calc) as c:
         big = [{"i": i, "s": str(i), "b": bytes([i % 256])} for i in range(20000)]
         assert c.echo(big) == big
+
+
+# Maps whose keys are distinct in MessagePack but equal in Python: a repeated
+# key, 1 / 1.0 / True, 0.0 / -0.0. Written by hand (msgpack.packb takes a dict).
+EQUAL_KEY_MAPS = [
+    bytes.fromhex("8201a161") + bytes.fromhex("01a162"),  # {1: "a", 1: "b"}
+    bytes.fromhex("8201a161") + bytes.fromhex("c3a162"),  # {1: "a", True: "b"}
+    bytes.fromhex("8201a161") + bytes.fromhex("cb3ff0000000000000a162"),  # {1: "a", 1.0: "b"}
+    bytes.fromhex("82cb0000000000000000a161") + bytes.fromhex("cb8000000000000000a162"),  # 0.0, -0.0
+]
+
+
+def _raw_reply_server(results: list[bytes]) -> tuple[str, threading.Thread]:
+    """A one-connection server answering its requests in turn with `results`
+    (each the raw MessagePack bytes of a result)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def run() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.settimeout(10)
+            unpacker = msgpack.Unpacker()
+            pending = list(results)
+            while pending:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                unpacker.feed(data)
+                for _, msgid, _, _ in unpacker:
+                    conn.sendall(bytes([0x94, 0x01]) + msgpack.packb(msgid) + b"\xc0" + pending.pop(0))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return f"tcp://127.0.0.1:{listener.getsockname()[1]}", t
+
+
+@pytest.mark.parametrize("raw_map", EQUAL_KEY_MAPS, ids=["repeated", "1-true", "1-1.0", "zeros"])
+def test_reply_map_with_keys_equal_in_python_is_an_error(raw_map: bytes) -> None:
+    """A dict would keep one entry and drop the others silently: the call
+    fails instead, and the connection serves the next call."""
+    address, t = _raw_reply_server([raw_map, msgpack.packb({1: "a"})])
+    with foorpc.Client(address) as c:
+        with pytest.raises(ValueError, match="keys that are equal in Python"):
+            c.call("any")
+        assert c.call("any") == {1: "a"}
+    t.join(10)
+
+
+@pytest.mark.parametrize("raw_map", EQUAL_KEY_MAPS, ids=["repeated", "1-true", "1-1.0", "zeros"])
+def test_params_map_with_keys_equal_in_python_get_an_error_reply(raw_map: bytes) -> None:
+    """The Python server answers such params with an error, calls no handler,
+    and keeps the connection."""
+    called = []
+    server = foorpc.Server()
+    try:
+
+        @server.method
+        def echo(x: Any) -> Any:
+            called.append(x)
+            return x
+
+        address = server.bind("tcp://127.0.0.1:0")
+        server.start()
+        host, port = address[len("tcp://"):].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(bytes.fromhex("940001a46563686f91") + raw_map)  # [0, 1, "echo", [map]]
+            s.sendall(msgpack.packb([0, 2, "echo", [{1: "a"}]]))
+            unpacker = msgpack.Unpacker(strict_map_key=False)
+            replies: list[Any] = []
+            while len(replies) < 2:
+                data = s.recv(65536)
+                assert data, "the server closed the connection"
+                unpacker.feed(data)
+                replies.extend(unpacker)
+    finally:
+        server.shutdown()
+    replies.sort(key=lambda r: r[1])
+    assert replies[0][3] is None and "keys that are equal in Python" in replies[0][2][1]
+    assert replies[1] == [1, 2, None, {1: "a"}]
+    assert called == [{1: "a"}]
