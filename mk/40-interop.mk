@@ -10,3 +10,4 @@ build-interop: build-rust build-c build-python
 
 test-interop: build-interop
 	$(PYTHON) tests/interop/matrix.py
+	$(PYTHON) tests/interop/hostile.py
