@@ -43,6 +43,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const KEEP_CAPACITY: usize = 2 * 1024 * 1024;
 /// A waiting follower looks for lost promotions at least this often.
 const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
+/// Bytes of whole messages one read batch takes at most before it is
+/// processed; the rest waits in the socket for the next batch.
+const BATCH_BYTES: usize = 1024 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -76,6 +79,10 @@ struct ReadState {
     /// Bytes of a message not yet complete (empty between messages).
     partial: Vec<u8>,
     decoder: Decoder,
+    /// Messages read but not handled yet, because the peer leaves too many
+    /// replies unread (see `Conn::pump`); handled, in order, before any more
+    /// are read.
+    deferred: VecDeque<Message>,
 }
 
 struct WriteState {
@@ -104,6 +111,12 @@ pub(crate) const SPLICE_MIN: usize = 64 * 1024;
 impl WriteState {
     fn pending(&self) -> bool {
         self.pos < self.buf.len() || !self.spliced.is_empty()
+    }
+
+    /// Bytes queued and not yet written.
+    fn backlog(&self) -> usize {
+        let spliced: usize = self.spliced.iter().map(|s| s.data.len() - s.done).sum();
+        self.buf.len() - self.pos + spliced
     }
 
     /// The unwritten bytes, in stream order (up to 64 pieces at a time).
@@ -169,7 +182,12 @@ pub(crate) struct Conn {
     /// that came with the data raises no event of its own, so reading goes on
     /// until it finds the end.
     read_closed: AtomicBool,
+    /// A server connection stopped reading because its peer does not read
+    /// the replies (see `pump`); the reactor resumes it once they drain.
+    reads_paused: AtomicBool,
     write: Mutex<WriteState>,
+    /// `WriteState::backlog` as of the last change, readable without the lock.
+    write_backlog: AtomicUsize,
     pending: Mutex<Pending>,
     closed: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
@@ -213,12 +231,15 @@ impl Conn {
             read: Mutex::new(ReadState {
                 partial: Vec::new(),
                 decoder: Decoder::new(&config.limits),
+                deferred: VecDeque::new(),
             }),
             pending: Mutex::new(Pending::new(config.limits.max_in_flight.max(1))),
             stream,
             config,
             read_wanted: AtomicBool::new(false),
             read_closed: AtomicBool::new(false),
+            reads_paused: AtomicBool::new(false),
+            write_backlog: AtomicUsize::new(0),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
@@ -424,6 +445,7 @@ impl Conn {
         }
         queue(&mut w);
         if w.cork > 0 {
+            self.write_backlog.store(w.backlog(), Ordering::Relaxed);
             return Ok(());
         }
         match self.flush_locked(&mut w) {
@@ -453,11 +475,15 @@ impl Conn {
             };
             match written {
                 Ok(n) => w.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.write_backlog.store(w.backlog(), Ordering::Relaxed);
+                    return Ok(false);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        self.write_backlog.store(0, Ordering::Relaxed);
         w.pos = 0;
         w.buf.clear();
         if w.buf.capacity() > KEEP_CAPACITY {
@@ -530,9 +556,26 @@ impl Conn {
         }
     }
 
-    /// The reactor saw the socket become writable.
-    pub(crate) fn on_writable(&self) {
+    /// The reactor saw the socket become writable: writes what is queued,
+    /// and resumes reading once the backlog that paused it has drained to half
+    /// its limit.
+    pub(crate) fn on_writable(self: &Arc<Self>) {
         let _ = self.flush_now();
+        if self.reads_paused.load(Ordering::SeqCst)
+            && self.write_backlog.load(Ordering::SeqCst) <= self.config.limits.max_write_backlog / 2
+            && self.reads_paused.swap(false, Ordering::SeqCst)
+        {
+            self.on_readable(false);
+        }
+    }
+
+    /// A server connection whose peer leaves more than the limit of replies
+    /// unread reads no more requests: memory stays bounded, and the peer's
+    /// own sends block, as TCP flow control makes them. (Clients always
+    /// read, so two foorpc peers cannot both stop.)
+    fn write_backlog_too_large(&self) -> bool {
+        self.config.server.is_some()
+            && self.write_backlog.load(Ordering::SeqCst) > self.config.limits.max_write_backlog
     }
 
     /// Writes what is queued (unless corked) without waiting; true when
@@ -599,8 +642,35 @@ impl Conn {
     }
 
     /// Reads and processes until nothing is left that someone asked to be read.
+    ///
+    /// A server connection whose peer leaves more than
+    /// `Limits::max_write_backlog` bytes of replies unread handles no more of
+    /// its requests: the rest of a batch waits in `ReadState::deferred`, and
+    /// nothing more is read until the reactor sees the replies drain
+    /// (`on_writable`). Memory stays bounded, and the peer's own sends block,
+    /// as TCP flow control makes them. Clients always read, so two foorpc
+    /// peers cannot both stop.
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
+            if !guard.deferred.is_empty() && !self.write_backlog_too_large() {
+                let deferred = std::mem::take(&mut guard.deferred);
+                self.cork();
+                self.process(deferred.into_iter(), &mut guard.deferred);
+                self.uncork();
+            }
+            if self.write_backlog_too_large() {
+                // Published before the backlog is looked at again, so that
+                // `on_writable` either sees the pause or drained it first.
+                self.reads_paused.store(true, Ordering::SeqCst);
+                if self.write_backlog_too_large() {
+                    return;
+                }
+                self.reads_paused.store(false, Ordering::SeqCst);
+                continue;
+            }
+            if !guard.deferred.is_empty() {
+                continue; // the uncork drained the replies: handle the rest
+            }
             self.read_wanted.store(false, Ordering::SeqCst);
             let mut batch = BATCH.with(Cell::take);
             let status = self.read_batch(&mut guard, &mut batch, std::mem::take(&mut wait));
@@ -610,8 +680,11 @@ impl Conn {
                 // delivered, or it would wait on the socket for bytes that are
                 // gone (only try_lock is ever used on it, so this cannot deadlock).
                 self.cork();
-                self.process(batch.drain(..));
+                self.process(batch.drain(..), &mut guard.deferred);
                 self.uncork();
+                if !guard.deferred.is_empty() {
+                    self.read_wanted.store(true, Ordering::SeqCst);
+                }
             }
             batch.shrink_to(KEPT_BATCH);
             BATCH.with(|kept| kept.set(batch));
@@ -645,6 +718,7 @@ impl Conn {
         }
         // Only responses are looked up: one uncontended lock per reply.
         let raw_result = |msgid: u32| lock(&self.pending).wants_raw(msgid);
+        let mut decoded = 0;
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             loop {
@@ -693,11 +767,12 @@ impl Conn {
                     scratch.len()
                 };
                 let result = if direct && rs.partial.len() < need {
-                    Ok(())
+                    Ok(0)
                 } else if rs.partial.is_empty() {
                     // Common case: whole messages straight from the scratch buffer.
                     decode_all(&mut rs.decoder, &scratch[..n], out, &raw_result).map(|used| {
                         rs.partial.extend_from_slice(&scratch[used..n]);
+                        used
                     })
                 } else {
                     if !direct {
@@ -708,10 +783,19 @@ impl Conn {
                         if rs.partial.is_empty() && rs.partial.capacity() > KEEP_CAPACITY {
                             rs.partial = Vec::new();
                         }
+                        used
                     })
                 };
-                if let Err(e) = result {
-                    return ReadStatus::Closed(self.protocol_violation(e));
+                match result {
+                    Ok(used) => decoded += used,
+                    Err(e) => return ReadStatus::Closed(self.protocol_violation(e)),
+                }
+                if decoded >= BATCH_BYTES {
+                    // Enough for one batch: it is processed (and its replies
+                    // queued) before more is read, so that a peer sending
+                    // without pause meets the write backlog limit (see `pump`).
+                    self.read_wanted.store(true, Ordering::SeqCst);
+                    return ReadStatus::Open;
                 }
                 if n < asked && !self.read_closed.load(Ordering::Relaxed) {
                     // A short read drained the socket; new data (or the end
@@ -762,8 +846,21 @@ impl Conn {
     }
 
     /// Completes replies and dispatches requests and notifications.
-    fn process(self: &Arc<Self>, batch: impl Iterator<Item = Message>) {
-        for msg in batch {
+    ///
+    /// On a server connection, a request met while the peer leaves too many
+    /// replies unread stops it: that request and the rest of `batch` go to
+    /// `deferred`.
+    fn process(
+        self: &Arc<Self>,
+        mut batch: impl Iterator<Item = Message>,
+        deferred: &mut VecDeque<Message>,
+    ) {
+        while let Some(msg) = batch.next() {
+            if matches!(msg, Message::Request { .. }) && self.write_backlog_too_large() {
+                deferred.push_back(msg);
+                deferred.extend(batch);
+                return;
+            }
             match msg {
                 Message::Response {
                     msgid,

@@ -1,7 +1,8 @@
 //! Limits that protect a process from its peers.
 //!
 //! The defaults are meant for a server on an open network: a hostile peer can
-//! cost at most one message's worth of memory and its own connection.
+//! cost about one message's worth of memory (plus the replies it leaves
+//! unread, up to `max_write_backlog`) and its own connection.
 
 /// Resource limits for a client or a server. Every field is configurable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,11 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Connections a server holds at once; more are closed on accept.
     pub max_connections: usize,
+    /// Bytes of replies a server connection queues for a peer that does
+    /// not read them. Above it the server reads no more of that peer's
+    /// requests (its sends then block, as TCP flow control makes them) until
+    /// the peer has read the queue down to half. One reply may exceed it.
+    pub max_write_backlog: usize,
 }
 
 impl Default for Limits {
@@ -23,6 +29,7 @@ impl Default for Limits {
             max_depth: 128,
             max_in_flight: 4096,
             max_connections: 4096,
+            max_write_backlog: 8 * 1024 * 1024,
         }
     }
 }

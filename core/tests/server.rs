@@ -103,6 +103,63 @@ fn max_connections_closes_the_extra_connection_at_once() {
     assert_eq!(d.call::<i64>("add", (5, 5)).unwrap(), 10);
 }
 
+/// A peer that sends requests and never reads the replies is read no
+/// further once `max_write_backlog` bytes of replies wait for it (plus what
+/// the sockets hold): the server's memory stays bounded, other connections
+/// are served, and once the peer reads, every reply arrives, none lost.
+#[test]
+fn a_peer_that_reads_no_replies_is_not_read_past_the_write_backlog() {
+    const CALLS: u32 = 2000;
+    const REPLY: usize = 16 * 1024; // 2000 replies: 32 MiB
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut router = calc_router();
+    let count = handled.clone();
+    router.method_inline("blob", move |params| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let tag = params.first().and_then(Value::as_u64).unwrap_or(0) as u8;
+        Ok(Value::Binary(vec![tag; REPLY]))
+    });
+    let limits = Limits {
+        max_write_backlog: 256 * 1024,
+        ..Limits::default()
+    };
+    let server = start_with(router, "tcp://127.0.0.1:0", limits);
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    let requests: Vec<u8> = (0..CALLS)
+        .flat_map(|i| request_bytes(i, "blob", &[Value::from(i % 251)]))
+        .collect();
+    raw.send(&requests); // about 30 KiB: the sockets take it at once
+
+    // The server stops once the replies fill the sockets and the backlog.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = usize::MAX;
+    while Instant::now() < deadline {
+        let now = handled.load(Ordering::SeqCst);
+        if now == last || now == CALLS as usize {
+            break;
+        }
+        last = now;
+        thread::sleep(Duration::from_millis(300));
+    }
+    let before_reading = handled.load(Ordering::SeqCst);
+    assert!(
+        before_reading < CALLS as usize / 2,
+        "{before_reading} of {CALLS} requests were handled while no reply was read"
+    );
+    // Other connections are served meanwhile.
+    let other = Client::connect(&server.local_addr().to_string()).unwrap();
+    assert_eq!(other.call::<i64>("add", (1, 2)).unwrap(), 3);
+
+    // Reading resumes the server: every reply comes, in order, intact.
+    for i in 0..CALLS {
+        let (error, result) = raw.expect_response(i);
+        assert_eq!(error, Value::Nil);
+        assert_eq!(result, Value::Binary(vec![(i % 251) as u8; REPLY]), "reply {i}");
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), CALLS as usize);
+    assert_eq!(other.call::<i64>("add", (2, 3)).unwrap(), 5);
+}
+
 #[test]
 fn max_message_size_rejects_a_large_message() {
     let limits = Limits {
