@@ -154,7 +154,11 @@ fn a_peer_that_reads_no_replies_is_not_read_past_the_write_backlog() {
     for i in 0..CALLS {
         let (error, result) = raw.expect_response(i);
         assert_eq!(error, Value::Nil);
-        assert_eq!(result, Value::Binary(vec![(i % 251) as u8; REPLY]), "reply {i}");
+        assert_eq!(
+            result,
+            Value::Binary(vec![(i % 251) as u8; REPLY]),
+            "reply {i}"
+        );
     }
     assert_eq!(handled.load(Ordering::SeqCst), CALLS as usize);
     assert_eq!(other.call::<i64>("add", (2, 3)).unwrap(), 5);
