@@ -46,6 +46,9 @@ const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
 /// Bytes of whole messages one read batch takes at most before it is
 /// processed; the rest waits in the socket for the next batch.
 const BATCH_BYTES: usize = 1024 * 1024;
+/// How long a connection whose peer ended its stream stays open to answer
+/// the requests still in flight (`Conn::close_after_replies`).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -168,6 +171,10 @@ enum Received {
 
 enum ReadStatus {
     Open,
+    /// The peer ended its stream or broke the protocol: what it sent before
+    /// is still answered (`Conn::close_after_replies`).
+    Ended(Error),
+    /// The socket failed: nothing more can be written either.
     Closed(Error),
 }
 
@@ -188,6 +195,10 @@ pub(crate) struct Conn {
     write: Mutex<WriteState>,
     /// `WriteState::backlog` as of the last change, readable without the lock.
     write_backlog: AtomicUsize,
+    /// Set once the peer's stream has ended (`close_after_replies`).
+    draining: AtomicBool,
+    /// Why, and when the connection closes at the latest.
+    drain: Mutex<Option<(Error, Instant)>>,
     pending: Mutex<Pending>,
     closed: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
@@ -240,6 +251,8 @@ impl Conn {
             read_closed: AtomicBool::new(false),
             reads_paused: AtomicBool::new(false),
             write_backlog: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            drain: Mutex::new(None),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
@@ -561,6 +574,7 @@ impl Conn {
     /// its limit.
     pub(crate) fn on_writable(self: &Arc<Self>) {
         let _ = self.flush_now();
+        self.close_if_drained();
         if self.reads_paused.load(Ordering::SeqCst)
             && self.write_backlog.load(Ordering::SeqCst) <= self.config.limits.max_write_backlog / 2
             && self.reads_paused.swap(false, Ordering::SeqCst)
@@ -652,6 +666,9 @@ impl Conn {
     /// peers cannot both stop.
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
+            if self.draining.load(Ordering::SeqCst) {
+                return; // the stream has ended: nothing more to read
+            }
             if !guard.deferred.is_empty() && !self.write_backlog_too_large() {
                 let deferred = std::mem::take(&mut guard.deferred);
                 self.cork();
@@ -689,9 +706,10 @@ impl Conn {
             batch.shrink_to(KEPT_BATCH);
             BATCH.with(|kept| kept.set(batch));
             drop(guard);
-            if let ReadStatus::Closed(e) = status {
-                self.close(e);
-                return;
+            match status {
+                ReadStatus::Open => {}
+                ReadStatus::Ended(e) => return self.close_after_replies(e),
+                ReadStatus::Closed(e) => return self.close(e),
             }
             if !self.read_wanted.load(Ordering::SeqCst) {
                 return;
@@ -743,12 +761,12 @@ impl Conn {
                     Received::Bytes(n) => n,
                     Received::Nothing => return ReadStatus::Open,
                     Received::Eof if rs.partial.is_empty() => {
-                        return ReadStatus::Closed(Error::ConnectionLost(
+                        return ReadStatus::Ended(Error::ConnectionLost(
                             "the peer closed the connection".into(),
                         ))
                     }
                     Received::Eof => {
-                        return ReadStatus::Closed(Error::ConnectionLost(
+                        return ReadStatus::Ended(Error::ConnectionLost(
                             "the peer closed the connection in the middle of a message".into(),
                         ))
                     }
@@ -788,7 +806,7 @@ impl Conn {
                 };
                 match result {
                     Ok(used) => decoded += used,
-                    Err(e) => return ReadStatus::Closed(self.protocol_violation(e)),
+                    Err(e) => return ReadStatus::Ended(self.protocol_violation(e)),
                 }
                 if decoded >= BATCH_BYTES {
                     // Enough for one batch: it is processed (and its replies
@@ -838,9 +856,9 @@ impl Conn {
             });
             if self.is_loop_driven() {
                 let _ = self.flush_now(); // an event loop must not wait here
-            } else {
+            } else if self.reactor.get().is_none() {
                 self.flush_for(Duration::from_secs(1));
-            }
+            } // else the reactor writes it before the connection closes
         }
         Error::Protocol(e.to_string())
     }
@@ -941,6 +959,42 @@ impl Conn {
         if let Some(server) = &self.config.server {
             server.end_request();
         }
+        self.close_if_drained();
+    }
+
+    /// The peer ended its stream, or broke the protocol: nothing more is
+    /// read and our own calls fail with `reason` (no reply can come now),
+    /// but the requests it sent before are still answered. The connection
+    /// closes once their replies are written, or after [`DRAIN_LIMIT`].
+    /// Without a reactor to finish the writes, it closes at once.
+    fn close_after_replies(self: &Arc<Self>, reason: Error) {
+        if self.reactor.get().is_none() {
+            return self.close(reason);
+        }
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        lock(&self.drain).get_or_insert((reason.clone(), deadline));
+        self.draining.store(true, Ordering::SeqCst);
+        let slots = lock(&self.pending).close(reason);
+        for slot in slots {
+            slot.complete(Err(self.closed_error()));
+        }
+        if !self.close_if_drained() {
+            self.watch_deadlines();
+            self.wake_reactor_by(deadline);
+        }
+    }
+
+    /// Closes a draining connection that owes nothing more; true once closed.
+    fn close_if_drained(&self) -> bool {
+        if !self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.in_flight.load(Ordering::SeqCst) > 0 || lock(&self.write).pending() {
+            return false;
+        }
+        let reason = lock(&self.drain).as_ref().map(|(e, _)| e.clone());
+        self.close(reason.unwrap_or(Error::Closed));
+        true
     }
 
     // ---- calls --------------------------------------------------------------
@@ -955,12 +1009,9 @@ impl Conn {
     ) -> Result<(u32, Arc<CallSlot>)> {
         let slot = CallSlot::new(deadline, raw_result);
         let msgid = lock(&self.pending).insert(slot.clone())?;
-        if deadline.is_some() && self.deadlines_watched.load(Ordering::Acquire) {
-            let at = as_nanos(deadline);
-            if self.reactor_wakes_at.fetch_min(at, Ordering::AcqRel) > at {
-                if let Some(r) = self.reactor.get() {
-                    r.submit(|_| {}); // recompute the reactor's next wake-up
-                }
+        if let Some(d) = deadline {
+            if self.deadlines_watched.load(Ordering::Acquire) {
+                self.wake_reactor_by(d);
             }
         }
         let sent = match params {
@@ -1000,9 +1051,20 @@ impl Conn {
 
     /// Fails the calls whose deadline has passed; returns the next deadline.
     pub(crate) fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let drain = lock(&self.drain).clone();
+        let drain_until = drain.as_ref().map(|(_, at)| *at);
+        if let Some((reason, at)) = drain {
+            if now >= at && !self.is_closed() {
+                // Replies still owed after DRAIN_LIMIT are dropped.
+                self.close(reason);
+            }
+        }
         let mut pending = lock(&self.pending);
         let expired = pending.take_expired(now);
-        let next = pending.next_deadline();
+        let next = match (pending.next_deadline(), drain_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         drop(pending);
         self.reactor_wakes_at
             .store(as_nanos(next), Ordering::Release);
@@ -1010,6 +1072,16 @@ impl Conn {
             slot.complete(Err(Error::Timeout));
         }
         next
+    }
+
+    /// Makes sure the reactor looks at this connection's deadlines by `at`.
+    fn wake_reactor_by(&self, at: Instant) {
+        let at = as_nanos(Some(at));
+        if self.reactor_wakes_at.fetch_min(at, Ordering::AcqRel) > at {
+            if let Some(r) = self.reactor.get() {
+                r.submit(|_| {}); // recompute the reactor's next wake-up
+            }
+        }
     }
 
     /// Asks the reactor to enforce this connection's call deadlines (once).

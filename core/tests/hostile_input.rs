@@ -127,6 +127,121 @@ fn data_and_fin_in_one_segment_close_the_connection() {
     f.normal_client_works();
 }
 
+/// The replies that `raw` gets before the server closes the connection,
+/// by msgid (the server must close within PROMPT).
+fn replies_then_close(raw: &mut RawPeer<std::net::TcpStream>) -> Vec<(u32, Value, Value)> {
+    let mut replies: Vec<(u32, Value, Value)> = assert_closed_promptly(raw, "replies, then close")
+        .into_iter()
+        .map(|m| match m {
+            Message::Response {
+                msgid,
+                error,
+                result,
+            } => (msgid, error, result),
+            other => panic!("not a response: {other:?}"),
+        })
+        .collect();
+    replies.sort_by_key(|r| r.0);
+    replies
+}
+
+/// A peer that sends requests and then ends its stream (half-close) still
+/// gets every reply, including those of handlers still running on the pool;
+/// then the connection closes.
+#[test]
+fn requests_in_flight_are_answered_after_the_peer_ends_its_stream() {
+    let mut f = Fixture::new();
+    let mut raw = f.raw();
+    let mut bytes = request_bytes(1, "sleep_ms", &[Value::from(200)]);
+    bytes.extend(request_bytes(2, "sleep_ms", &[Value::from(50)]));
+    bytes.extend(request_bytes(3, "add", &[Value::from(1), Value::from(2)]));
+    raw.send(&bytes);
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let replies = replies_then_close(&mut raw);
+    let want = vec![
+        (1, Value::Nil, Value::from(200)),
+        (2, Value::Nil, Value::from(50)),
+        (3, Value::Nil, Value::from(3)),
+    ];
+    assert_eq!(replies, want);
+    f.only_normal_client_left();
+    f.normal_client_works();
+}
+
+/// A protocol violation closes the connection, but only after the requests
+/// the peer sent before it are answered.
+#[test]
+fn requests_before_a_protocol_violation_are_answered_before_the_close() {
+    let mut f = Fixture::new();
+    let mut raw = f.raw();
+    let mut bytes = request_bytes(1, "sleep_ms", &[Value::from(100)]);
+    bytes.push(0xc1); // never valid MessagePack
+    raw.send(&bytes);
+    let replies = replies_then_close(&mut raw);
+    assert_eq!(replies, vec![(1, Value::Nil, Value::from(100))]);
+    f.only_normal_client_left();
+    f.normal_client_works();
+}
+
+/// The error reply to a bad request goes out through the reactor: a peer
+/// that does not read (so the reply cannot be written) must not hold up the
+/// I/O thread that serves everyone else (each such write used to hold it
+/// for a second).
+#[test]
+fn a_bad_request_from_a_peer_that_does_not_read_stalls_nobody() {
+    use std::os::fd::AsRawFd;
+    let mut f = Fixture::new();
+    let host_port = f.host_port.clone();
+    let senders: Vec<_> = (0..3u8)
+        .map(|i| {
+            let host_port = host_port.clone();
+            std::thread::spawn(move || {
+                let mut raw = RawPeer::connect(&host_port);
+                let small: libc::c_int = 4096;
+                // SAFETY: a live socket; the option value is a c_int.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        raw.stream.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        (&small as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+                // More replies than the sockets hold (but less than the
+                // write backlog limit, so reading goes on), then a request
+                // whose method is not a string: it gets an error reply.
+                let mut bytes = Vec::new();
+                for k in 0..10 {
+                    let big = Value::Binary(vec![i; 1024 * 1024]);
+                    bytes.extend(request_bytes(k, "echo", &[big]));
+                }
+                bytes.extend([0x94, 0x00, 0x09, 0x01, 0x90]); // [0, 9, 1, []]
+                raw.send(&bytes);
+                raw // kept open, never read
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut quiet_since: Option<Instant> = None;
+    while quiet_since.map_or(true, |t| t.elapsed() < Duration::from_millis(1500)) {
+        let t = Instant::now();
+        f.normal_client_works();
+        slowest = slowest.max(t.elapsed());
+        if quiet_since.is_none() && senders.iter().all(|s| s.is_finished()) {
+            quiet_since = Some(Instant::now());
+        }
+    }
+    let hostile: Vec<_> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a call took {slowest:?}"
+    );
+    drop(hostile);
+    f.only_normal_client_left();
+}
+
 #[test]
 fn truncated_message_sent_byte_by_byte_then_completed_is_answered() {
     let mut f = Fixture::new();
