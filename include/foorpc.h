@@ -129,7 +129,8 @@ enum foorpc_result
      */
     FOORPC_RESULT_CLOSED = 2002,
     /**
-     * The peer sent bytes that are not valid MessagePack-RPC.
+     * The peer sent bytes that are not valid MessagePack-RPC; the
+     * connection was closed.
      */
     FOORPC_RESULT_PROTOCOL = 3000,
     /**
@@ -570,7 +571,7 @@ const char *foorpc_result_message(uint32_t code);
 
 /**
  * True for codes that mean the connection can no longer be used
- * (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED): reconnect to go on.
+ * (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL): reconnect to go on.
  * Thread-safe.
  */
 bool foorpc_result_is_connection_error(uint32_t code);

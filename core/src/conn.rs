@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, DecodeError, Decoder, Params};
+use crate::deadline;
 use crate::dispatch::{Notification, Request, Responder, Router};
 use crate::error::{Error, Result, ERROR_CODE_VALIDATION};
 use crate::limits::Limits;
@@ -46,6 +47,11 @@ const FOLLOWER_RECHECK: Duration = Duration::from_millis(200);
 /// Bytes of whole messages one read batch takes at most before it is
 /// processed; the rest waits in the socket for the next batch.
 const BATCH_BYTES: usize = 1024 * 1024;
+/// Calls of our own in flight on one connection at most. The program
+/// decides how many it makes (an asyncio program may start any number at
+/// once); this only keeps their msgids unique. `Limits::max_in_flight`
+/// bounds the other direction, the peer's requests.
+pub const MAX_CALLS_IN_FLIGHT: usize = 1 << 24;
 /// How long a connection whose peer ended its stream stays open to answer
 /// the requests still in flight (`Conn::close_after_replies`).
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -244,7 +250,7 @@ impl Conn {
                 decoder: Decoder::new(&config.limits),
                 deferred: VecDeque::new(),
             }),
-            pending: Mutex::new(Pending::new(config.limits.max_in_flight.max(1))),
+            pending: Mutex::new(Pending::new(MAX_CALLS_IN_FLIGHT)),
             stream,
             config,
             read_wanted: AtomicBool::new(false),
@@ -913,7 +919,7 @@ impl Conn {
     fn dispatch_request(self: &Arc<Self>, msgid: u32, method: String, params: Vec<Value>) {
         let refuse = |msg: String| {
             let obj = Error::error_object(crate::error::ERROR_CODE_EXCEPTION, msg);
-            let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+            let deadline = self.config.call_timeout.and_then(deadline::after);
             let _ = self.send(deadline, |out| {
                 codec::encode_response(out, msgid, &obj, &Value::Nil)
             });
@@ -945,7 +951,7 @@ impl Conn {
         self: &Arc<Self>,
         send: impl FnOnce(&Arc<Self>, Option<Instant>) -> Result<()>,
     ) {
-        let _ = send(self, self.config.call_timeout.map(|t| Instant::now() + t));
+        let _ = send(self, self.config.call_timeout.and_then(deadline::after));
         self.finish_request();
     }
 
@@ -1032,7 +1038,7 @@ impl Conn {
     }
 
     pub(crate) fn notify(self: &Arc<Self>, method: &str, params: Params<'_>) -> Result<()> {
-        let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
+        let deadline = self.config.call_timeout.and_then(deadline::after);
         self.send(deadline, |out| {
             codec::encode_notification_params(out, method, params)
         })

@@ -23,7 +23,8 @@ pub enum Error {
     },
     /// An address that is not `tcp://host:port` or `unix:///path`.
     InvalidAddress(String),
-    /// The peer sent bytes that are not valid MessagePack-RPC.
+    /// The peer sent bytes that are not valid MessagePack-RPC; the
+    /// connection is closed (so this is a connection error too).
     Protocol(String),
     /// A configured limit (message size, depth, calls in flight, connections) was exceeded.
     LimitExceeded(String),
@@ -73,7 +74,7 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Error::ConnectionLost(_) | Error::Closed | Error::Io { .. }
+            Error::ConnectionLost(_) | Error::Closed | Error::Io { .. } | Error::Protocol(_)
         )
     }
 }

@@ -43,6 +43,7 @@ mod bufpool;
 mod client;
 pub mod codec;
 mod conn;
+mod deadline;
 pub mod dispatch;
 pub mod error;
 mod fasthash;
@@ -60,6 +61,7 @@ pub mod transport;
 /// used, so that the next large result can reuse it.
 pub use bufpool::recycle;
 pub use client::{Client, ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+pub use conn::MAX_CALLS_IN_FLIGHT;
 pub use dispatch::{Execution, Notification, Request, Responder, Router};
 pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 /// A number that changes in a child process after every `fork()`: front

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::codec::Params;
 use crate::conn::Conn;
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::pending::CallSlot;
 use crate::reactor::ReactorHandle;
@@ -119,7 +120,7 @@ impl Peer {
         raw_result: bool,
     ) -> Result<Value> {
         self.conn.check_usable(true)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline::after);
         let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
         self.conn.wait_reply(msgid, &slot, deadline)
     }
@@ -156,7 +157,7 @@ impl Peer {
         raw_result: bool,
     ) -> Result<PendingCall> {
         self.conn.check_usable(false)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline::after);
         let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
         Ok(PendingCall {
             conn: self.conn.clone(),
@@ -315,9 +316,11 @@ impl PendingCall {
                 "waiting on the I/O thread would deadlock".into(),
             )));
         }
-        let until = Instant::now() + wait;
-        let limit = self.deadline.map_or(until, |d| d.min(until));
-        let outcome = match self.conn.wait_reply_until(&self.slot, Some(limit)) {
+        let limit = match (deadline::after(wait), self.deadline) {
+            (Some(until), Some(d)) => Some(until.min(d)),
+            (until, d) => until.or(d),
+        };
+        let outcome = match self.conn.wait_reply_until(&self.slot, limit) {
             Some(r) => Some(r),
             None if self.deadline.is_some_and(|d| Instant::now() >= d) => {
                 self.conn.cancel(self.msgid);

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::conn::ConnConfig;
+use crate::deadline;
 use crate::dispatch::Router;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -61,16 +62,17 @@ impl ServerState {
         // Short waits: a request ending between the check and the wait
         // costs at most one of them.
         const RECHECK: Duration = Duration::from_millis(10);
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline::after(timeout);
         let mut guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
         while self.in_flight.load(Ordering::SeqCst) > 0 {
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return;
             }
+            let left = deadline.map_or(RECHECK, |d| d - now);
             guard = self
                 .idle
-                .wait_timeout(guard, (deadline - now).min(RECHECK))
+                .wait_timeout(guard, left.min(RECHECK))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

@@ -475,3 +475,33 @@ fn large_binary_results_interleave_with_small_ones() {
         t.join().unwrap();
     }
 }
+
+/// A timeout longer than the clock holds (`Duration::MAX`) means no
+/// deadline, for every call form and for the server's drain, not a panic.
+#[test]
+fn timeouts_longer_than_the_clock_mean_no_deadline() {
+    let server = foorpc::Server::builder()
+        .router(calc_router())
+        .call_timeout(Some(Duration::MAX))
+        .drain_timeout(Duration::MAX)
+        .bind("tcp://127.0.0.1:0")
+        .unwrap()
+        .start()
+        .unwrap();
+    let address = server.local_addr().to_string();
+    let client = Client::builder()
+        .call_timeout(Some(Duration::MAX))
+        .connect(&address)
+        .unwrap();
+    let two = [Value::from(1), Value::from(1)];
+    assert_eq!(
+        client.call_value("add", &two, Some(Duration::MAX)).unwrap(),
+        Value::from(2)
+    );
+    let mut pending = client.call_async("add", &two, Some(Duration::MAX)).unwrap();
+    let got = pending.wait_for(Duration::MAX).expect("the reply came");
+    assert_eq!(got.unwrap(), Value::from(2));
+    assert_eq!(client.call::<i64>("add", (2, 3)).unwrap(), 5);
+    drop(client);
+    server.shutdown(); // drains with no request in flight: returns at once
+}

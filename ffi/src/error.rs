@@ -48,7 +48,8 @@ pub enum foorpc_result {
     Closed = 2002,
 
     // 3xxx: protocol and limits
-    /// The peer sent bytes that are not valid MessagePack-RPC.
+    /// The peer sent bytes that are not valid MessagePack-RPC; the
+    /// connection was closed.
     Protocol = 3000,
     /// A configured limit (message size, depth, calls in flight) was exceeded.
     LimitExceeded = 3001,
@@ -197,14 +198,19 @@ pub extern "C" fn foorpc_result_message(code: u32) -> *const c_char {
 }
 
 /// True for codes that mean the connection can no longer be used
-/// (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED): reconnect to go on.
+/// (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL): reconnect to go on.
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn foorpc_result_is_connection_error(code: u32) -> bool {
     ffi_panic_boundary! {
         matches!(
             foorpc_result::from_u32(code),
-            Some(foorpc_result::Io | foorpc_result::ConnectionLost | foorpc_result::Closed)
+            Some(
+                foorpc_result::Io
+                    | foorpc_result::ConnectionLost
+                    | foorpc_result::Closed
+                    | foorpc_result::Protocol
+            )
         )
     }
 }

@@ -567,11 +567,18 @@ impl Completions {
         };
         if schedule {
             Python::attach(|py| {
-                // Fails only when the loop is closed: nobody is waiting any more.
-                let _ = this
+                let scheduled = this
                     .get()
                     .call_soon_threadsafe
                     .call1(py, (this.clone_ref(py),));
+                if scheduled.is_err() {
+                    // Only a closed loop refuses: its futures can never be
+                    // resolved or awaited again, so what they hold (done
+                    // callbacks, tasks, the client) is let go now rather
+                    // than kept by this queue for good.
+                    let items = std::mem::take(&mut lock(&this.get().queue).items);
+                    drop(items);
+                }
             });
         }
     }

@@ -28,17 +28,15 @@ pub fn timeout_arg(
     seconds(t.extract::<f64>()?)
 }
 
-/// Seconds as a float -> an optional duration (`inf`: none).
+/// Seconds as a float -> an optional duration (`inf`, or more seconds than
+/// a `Duration` holds, such as 1e20 or `sys.float_info.max`: none).
 pub fn seconds(s: f64) -> PyResult<Option<Duration>> {
     if s.is_nan() || s < 0.0 {
         return Err(PyValueError::new_err(format!(
             "timeout must be >= 0 seconds (or math.inf), got {s}"
         )));
     }
-    if s.is_infinite() {
-        return Ok(None);
-    }
-    Ok(Some(Duration::from_secs_f64(s)))
+    Ok(Duration::try_from_secs_f64(s).ok())
 }
 
 fn default_timeout_arg(t: Option<f64>) -> PyResult<Option<Duration>> {

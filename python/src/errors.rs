@@ -31,9 +31,10 @@ impl From<Error> for PyErr {
             }),
             foorpc::Error::Timeout => RpcTimeoutError::new_err("call timed out"),
             foorpc::Error::Closed => ConnectionLostError::new_err("the connection was closed"),
-            e @ (foorpc::Error::ConnectionLost(_) | foorpc::Error::Io { .. }) => {
-                ConnectionLostError::new_err(e.to_string())
-            }
+            // A protocol error always closes the connection.
+            e @ (foorpc::Error::ConnectionLost(_)
+            | foorpc::Error::Io { .. }
+            | foorpc::Error::Protocol(_)) => ConnectionLostError::new_err(e.to_string()),
             e @ foorpc::Error::InvalidAddress(_) => PyValueError::new_err(e.to_string()),
             e => RpcError::new_err(e.to_string()),
         }

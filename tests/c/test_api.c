@@ -72,6 +72,7 @@ static void test_results(void) {
           FOORPC_RESULT_IO == 2000 && FOORPC_RESULT_PROTOCOL == 3000 &&
           FOORPC_RESULT_REMOTE_ERROR == 4000 && FOORPC_RESULT_TIMEOUT == 4001);
     CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_CONNECTION_LOST));
+    CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_PROTOCOL));
     CHECK(!foorpc_result_is_connection_error(FOORPC_RESULT_TIMEOUT));
 }
 

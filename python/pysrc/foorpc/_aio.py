@@ -16,9 +16,10 @@ class AsyncClient(_NativeAsyncClient):
 
     Calls never block the event loop. ``call`` returns a `CallFuture` of the
     running loop: await it, or pass it to ``asyncio.gather``, ``wait_for``,
-    ``shield`` or ``create_task``. Any number of tasks may call at once; the
-    calls of one loop iteration leave in one write and are pipelined on one
-    connection. Cancelling an awaiting task forgets its call (a late reply is
+    ``shield`` or ``create_task``. Any number of tasks may call at once (up
+    to 16,777,216 calls in flight on one connection); the calls of one loop
+    iteration leave in one write and are pipelined on one connection.
+    Cancelling an awaiting task forgets its call (a late reply is
     ignored).
 
     Without handlers the client is driven by the event loop it is used from
