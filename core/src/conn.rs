@@ -580,7 +580,9 @@ impl Conn {
     /// its limit.
     pub(crate) fn on_writable(self: &Arc<Self>) {
         let _ = self.flush_now();
-        self.close_if_drained();
+        if self.draining.load(Ordering::Acquire) {
+            self.close_if_drained();
+        }
         if self.reads_paused.load(Ordering::SeqCst)
             && self.write_backlog.load(Ordering::SeqCst) <= self.config.limits.max_write_backlog / 2
             && self.reads_paused.swap(false, Ordering::SeqCst)
@@ -965,7 +967,9 @@ impl Conn {
         if let Some(server) = &self.config.server {
             server.end_request();
         }
-        self.close_if_drained();
+        if self.draining.load(Ordering::Acquire) {
+            self.close_if_drained();
+        }
     }
 
     /// The peer ended its stream, or broke the protocol: nothing more is
@@ -991,6 +995,7 @@ impl Conn {
     }
 
     /// Closes a draining connection that owes nothing more; true once closed.
+    #[cold]
     fn close_if_drained(&self) -> bool {
         if !self.draining.load(Ordering::SeqCst) {
             return false;
