@@ -4,10 +4,10 @@
 #
 # 1. the install layout (soname symlinks, pkg-config file without rpath);
 # 2. C, C++ and static builds through pkg-config, the examples through their Makefile;
-# 3. tests/c/test_api (shared and static), the C++ program;
+# 3. tests/c/test_api (shared and static), tests/c/test_robustness, the C++ program;
 # 4. the C examples against each other, against the Rust examples, and a Python
 #    client using only `msgpack` against the C server, over TCP and Unix sockets;
-# 5. the C API test, the C server and the C client under valgrind.
+# 5. the C API and robustness tests, the C server and the C client under valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -96,6 +96,10 @@ build_static() {
         "$PREFIX/lib/libfoorpc.a" $(pkg-config --static --libs foorpc | sed 's/-lfoorpc//') -lpthread
     ! ldd "$OUT/test_api_static" | grep -q libfoorpc
 }
+build_robustness() {
+    cc "${CFLAGS[@]}" -pthread $(pkg-config --cflags foorpc) -o "$OUT/test_robustness" \
+        tests/c/test_robustness.c $(pkg-config --libs foorpc) -lpthread -lm
+}
 build_cpp() {
     g++ -std=c++11 -O1 -Wall -Wextra -Werror $(pkg-config --cflags foorpc) -o "$OUT/cpp_header" \
         tests/c/cpp_header.cpp $(pkg-config --libs foorpc)
@@ -115,6 +119,7 @@ build_examples() {
 }
 run build_test_api build_c
 run build_test_api_static build_static
+run build_test_robustness build_robustness
 run build_cpp build_cpp
 run build_with_rpath build_rpath
 run build_examples build_examples
@@ -123,6 +128,8 @@ run build_examples build_examples
 run test_api "$OUT/test_api"
 tail -n 1 "$OUT/test_api.log"
 run test_api_static "$OUT/test_api_static"
+run test_robustness "$OUT/test_robustness"
+tail -n 1 "$OUT/test_robustness.log"
 run cpp_header "$OUT/cpp_header"
 
 # ---- 4. the examples against each other and other languages ------------------
@@ -152,6 +159,7 @@ start_server rust_server "$RUST_EXAMPLES/calc_server" "tcp://127.0.0.1:0" && {
 # ---- 5. valgrind ------------------------------------------------------------------
 if command -v valgrind >/dev/null; then
     run valgrind_test_api "${VALGRIND[@]}" "$OUT/test_api"
+    run valgrind_test_robustness "${VALGRIND[@]}" "$OUT/test_robustness"
     start_server valgrind_c_server "${VALGRIND[@]}" examples-c/calc_server "tcp://127.0.0.1:0" && {
         run valgrind_c_client "${VALGRIND[@]}" examples-c/calc_client "$SERVER_ADDR" 200
         run python_msgpack_client_vs_valgrind_c_server "$PYTHON" tests/peers/msgpack_client.py \
