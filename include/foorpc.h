@@ -357,7 +357,8 @@ typedef void (*foorpc_notification_callback)(void *userdata,
  * connection (which reads replies for everyone), or the thread making the
  * asynchronous call, before it returns, when the outcome is known at once.
  * Callbacks of different calls may run at the same time. It must be quick
- * and must not block: a blocking foorpc call from the I/O thread fails with
+ * and must not block: a blocking foorpc call from the I/O thread, or on the
+ * same connection from a thread blocked in a call on it, fails with
  * FOORPC_RESULT_USAGE (use the asynchronous calls there).
  */
 typedef void (*foorpc_call_callback)(void *userdata,
@@ -496,11 +497,14 @@ foorpc_result foorpc_client_connect_with(const char *address,
  * `result_out` may be NULL to discard the result.
  *
  * Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
- * or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep;
- * nothing is sent), FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
- * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from a callback or an
- * inline handler on foorpc's I/O thread). Thread-safe; blocks the calling
- * thread until the reply or the timeout.
+ * or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep
+ * counting the params array itself; nothing is sent),
+ * FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+ * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
+ * or a callback on foorpc's I/O thread, or from a callback that runs on a
+ * thread blocked in a call on the same connection: see
+ * foorpc_call_callback). Thread-safe; blocks the calling thread until the
+ * reply or the timeout.
  */
 foorpc_result foorpc_client_call(const struct foorpc_client *client,
                                  const char *method,
@@ -557,8 +561,9 @@ bool foorpc_client_is_connected(const struct foorpc_client *client);
 /**
  * Closes the connection (as foorpc_client_close) and frees the client.
  * NULL is fine. Must be called once, when no other thread uses the client;
- * callbacks of calls still pending run with FOORPC_RESULT_CLOSED. Must not
- * be called from a foorpc callback of this client.
+ * callbacks of calls still pending run with FOORPC_RESULT_CLOSED, all of
+ * them before it returns. Must not be called from a foorpc callback of this
+ * client.
  */
 void foorpc_client_free(struct foorpc_client *client);
 
@@ -1000,8 +1005,9 @@ foorpc_result foorpc_server_run(struct foorpc_server *server);
  * Stops the server gracefully: stops accepting connections, lets requests
  * being handled finish (for up to 10 s; new requests get an error reply),
  * sends their replies, closes every connection, and wakes
- * foorpc_server_run. Blocks until done, except when called from an inline
- * handler (FOORPC_HANDLER_INLINE), where it only starts the shutdown.
+ * foorpc_server_run. Blocks until done, except when called from a handler
+ * (inline or pool), where it only starts the shutdown: waiting there would
+ * wait for the calling handler's own request.
  *
  * Any thread may call it, any number of times, also before the server
  * starts (then it never starts). It is not async-signal-safe: call it from

@@ -58,6 +58,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// Connections this (caller's) thread is reading right now, innermost
+    /// last: completion callbacks run inside those reads, and a blocking
+    /// call they made on the same connection would wait for this very
+    /// thread to read its reply.
+    static READING_HERE: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     /// The messages of one read, kept empty between reads on this thread so
     /// that a read does not allocate. A read nested in the processing of
     /// another (a handler that calls out) takes a fresh one.
@@ -68,6 +73,22 @@ thread_local! {
 /// calls (a larger one is shrunk to this, not dropped, so that the next
 /// large read need not grow it from nothing again).
 const KEPT_BATCH: usize = 64;
+
+/// Marks a connection as read by this thread until dropped.
+struct ReadingHere;
+
+impl ReadingHere {
+    fn enter(conn_id: u64) -> ReadingHere {
+        READING_HERE.with(|r| r.borrow_mut().push(conn_id));
+        ReadingHere
+    }
+}
+
+impl Drop for ReadingHere {
+    fn drop(&mut self) {
+        READING_HERE.with(|r| r.borrow_mut().pop());
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here leave their state consistent at every step, so a
@@ -294,6 +315,12 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Closed, or ended by the peer and only writing what it is still owed
+    /// (`close_after_replies`): either way no new call can be made.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.is_closed() || self.draining.load(Ordering::Acquire)
+    }
+
     pub(crate) fn reactor(&self) -> Option<&ReactorHandle> {
         self.reactor.get()
     }
@@ -360,6 +387,13 @@ impl Conn {
             return Err(Error::Usage(
                 "this connection is driven by an event loop: a blocking wait would read \
                  behind its back (or block it); use call_async with on_complete or .await"
+                    .into(),
+            ));
+        }
+        if blocking && READING_HERE.with(|r| r.borrow().contains(&self.id)) {
+            return Err(Error::Usage(
+                "a blocking call from a completion callback that runs while this thread reads \
+                 the same connection would wait for itself; use call_async"
                     .into(),
             ));
         }
@@ -548,6 +582,7 @@ impl Conn {
                 Ok(guard) => {
                     let revents = poll_fd_events(self.fd(), libc::POLLIN | libc::POLLOUT, slice);
                     if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        let _reading = ReadingHere::enter(self.id);
                         self.pump(guard, false);
                     }
                 }
@@ -1127,7 +1162,7 @@ impl Conn {
                 // Time is up, but when nobody else reads this connection, look
                 // at the socket once without waiting: otherwise polling with a
                 // zero wait would never see a reply.
-                if !led && self.reactor.get().is_none() {
+                if !led && self.reactor.get().is_none() && !self.is_closed() {
                     if let Ok(guard) = self.read.try_lock() {
                         led = true;
                         self.lead_once(guard, until);
@@ -1136,7 +1171,8 @@ impl Conn {
                 }
                 break None;
             }
-            if self.reactor.get().is_none() {
+            // Once closed, the closing thread fails this call: wait for that.
+            if self.reactor.get().is_none() && !self.is_closed() {
                 // Announce the wait before looking at the lock: a reader that
                 // leaves after this look finds us and hands over its role.
                 slot.mark_waiting();
@@ -1183,6 +1219,7 @@ impl Conn {
         guard: MutexGuard<'a, ReadState>,
         until: Option<Instant>,
     ) {
+        let _reading = ReadingHere::enter(self.id);
         let want_write = lock(&self.write).pending();
         if !want_write && self.blocking_reads.load(Ordering::Acquire) {
             let wait = self.recv_slice(until);
@@ -1232,13 +1269,17 @@ impl Conn {
     /// Closes the connection; every pending call fails with `reason`.
     pub(crate) fn close(&self, reason: Error) {
         let slots = lock(&self.pending).close(reason.clone());
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.stream.shutdown();
+        let first = !self.closed.swap(true, Ordering::AcqRel);
+        // The calls are failed before the socket is shut down: a thread
+        // woken by the shutdown finds its outcome there, instead of reading
+        // the dead socket again and again until it is.
         for slot in slots {
             slot.complete(Err(reason.clone()));
         }
+        if !first {
+            return;
+        }
+        self.stream.shutdown();
         if let Some(r) = self.reactor.get() {
             r.remove_conn(self.id);
         }

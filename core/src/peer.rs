@@ -199,9 +199,11 @@ impl Peer {
         self.conn.close(Error::Closed);
     }
 
-    /// True once the connection is closed (by either side).
+    /// True once the connection is closed (by either side), or ended by the
+    /// peer: then no call can be made on it, and only the replies it is still
+    /// owed are being written before it closes.
     pub fn is_closed(&self) -> bool {
-        self.conn.is_closed()
+        self.conn.is_ended()
     }
 
     /// Calls in flight on this connection.

@@ -239,3 +239,34 @@ fn dropped_handle_forgets_the_call() {
         Value::from(6)
     );
 }
+
+/// A completion callback may run on a caller's thread that is reading the
+/// connection for its own blocking call. A blocking call on the same
+/// connection from that callback would wait for that very thread: it fails
+/// at once with a usage error instead of hanging until its timeout.
+#[test]
+fn a_blocking_call_from_a_callback_on_the_reading_thread_fails_at_once() {
+    let (_server, client, gate) = setup();
+    let leader = client.clone();
+    let blocked =
+        std::thread::spawn(move || leader.call_value("block", &[], Some(Duration::from_secs(10))));
+    std::thread::sleep(Duration::from_millis(100)); // it now reads the socket
+    let (tx, rx) = mpsc::channel();
+    let nested = client.clone();
+    client
+        .call_async("add", &add_params(1, 2), Some(Duration::from_secs(10)))
+        .unwrap()
+        .on_complete(move |outcome| {
+            let inner = nested.call_value("add", &add_params(2, 2), Some(Duration::from_secs(10)));
+            let _ = tx.send((outcome, inner));
+        });
+    let (outcome, inner) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the callback's blocking call hung");
+    assert_eq!(outcome.unwrap(), Value::from(3));
+    assert!(matches!(inner, Err(Error::Usage(_))), "{inner:?}");
+    gate.open();
+    assert_eq!(blocked.join().unwrap().unwrap(), Value::from("unblocked"));
+    // Outside a callback, blocking calls work as before.
+    assert_eq!(client.call::<i64>("add", (2, 2)).unwrap(), 4);
+}

@@ -213,11 +213,14 @@ pub extern "C" fn foorpc_client_connect_with(
 /// `result_out` may be NULL to discard the result.
 ///
 /// Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
-/// or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep;
-/// nothing is sent), FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
-/// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from a callback or an
-/// inline handler on foorpc's I/O thread). Thread-safe; blocks the calling
-/// thread until the reply or the timeout.
+/// or exceed the connection's limits: 64 MiB, arrays/maps nested 128 deep
+/// counting the params array itself; nothing is sent),
+/// FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+/// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
+/// or a callback on foorpc's I/O thread, or from a callback that runs on a
+/// thread blocked in a call on the same connection: see
+/// foorpc_call_callback). Thread-safe; blocks the calling thread until the
+/// reply or the timeout.
 #[no_mangle]
 pub extern "C" fn foorpc_client_call(
     client: *const foorpc_client,
@@ -302,8 +305,9 @@ pub extern "C" fn foorpc_client_is_connected(client: *const foorpc_client) -> bo
 
 /// Closes the connection (as foorpc_client_close) and frees the client.
 /// NULL is fine. Must be called once, when no other thread uses the client;
-/// callbacks of calls still pending run with FOORPC_RESULT_CLOSED. Must not
-/// be called from a foorpc callback of this client.
+/// callbacks of calls still pending run with FOORPC_RESULT_CLOSED, all of
+/// them before it returns. Must not be called from a foorpc callback of this
+/// client.
 #[no_mangle]
 pub extern "C" fn foorpc_client_free(client: *mut foorpc_client) {
     ffi_panic_boundary! {

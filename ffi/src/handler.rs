@@ -84,14 +84,15 @@ type NotificationFn =
     unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const u8, usize, *const foorpc_peer);
 
 thread_local! {
-    /// True while an inline C handler runs on an I/O thread, where a
-    /// blocking server stop would deadlock.
-    static IN_INLINE_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// True while a C request or notification handler runs on this thread
+    /// (inline on an I/O thread, or on a pool thread), where a blocking
+    /// server stop would wait for that very handler's request.
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
 }
 
-/// True while an inline C handler runs on this thread.
-pub(crate) fn in_inline_handler() -> bool {
-    IN_INLINE_HANDLER.with(Cell::get)
+/// True while a C handler runs on this thread.
+pub(crate) fn in_handler() -> bool {
+    IN_HANDLER.with(Cell::get)
 }
 
 /// Something C handlers are registered on: a server being built, or client options.
@@ -123,10 +124,9 @@ fn checked<F>(callback: Option<F>, flags: u32) -> Result<(F, Execution), foorpc_
 
 /// Passes a message to C: encodes `method` (NUL-terminated) and the params
 /// array into one allocation, then runs `f(method, method_len, params,
-/// params_len)`, with the inline-handler flag set for inline handlers. The
-/// pointers are valid during `f`.
+/// params_len)`, with the in-handler flag set. The pointers are valid
+/// during `f`.
 fn deliver(
-    execution: Execution,
     method: &str,
     params: Vec<Value>,
     f: impl FnOnce(*const c_char, usize, *const u8, usize),
@@ -141,13 +141,9 @@ fn deliver(
             bytes.len() - at,
         )
     };
-    if execution == Execution::Inline {
-        let was = IN_INLINE_HANDLER.with(|c| c.replace(true));
-        call();
-        IN_INLINE_HANDLER.with(|c| c.set(was));
-    } else {
-        call();
-    }
+    let was = IN_HANDLER.with(|c| c.replace(true));
+    call();
+    IN_HANDLER.with(|c| c.set(was));
 }
 
 /// A core request handler calling `callback`, and where it runs.
@@ -163,7 +159,7 @@ fn request_handler(
             inner: req.responder,
             peer: req.peer,
         }));
-        deliver(execution, &req.method, req.params, |m, ml, p, pl| {
+        deliver(&req.method, req.params, |m, ml, p, pl| {
             // SAFETY: the caller's C function and userdata; the pointers stay
             // valid for the duration of the call; `resp` is handed over.
             unsafe { cb(userdata.get(), m, ml, p, pl, resp) }
@@ -182,7 +178,7 @@ fn notification_handler(
     let userdata = SendPtr(userdata);
     let handler = move |n: Notification| {
         let peer = foorpc_peer { inner: n.peer };
-        deliver(execution, &n.method, n.params, |m, ml, p, pl| {
+        deliver(&n.method, n.params, |m, ml, p, pl| {
             // SAFETY: as in request_handler; `peer` is borrowed for the call.
             unsafe { cb(userdata.get(), m, ml, p, pl, &peer) }
         });

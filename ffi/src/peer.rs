@@ -45,7 +45,8 @@ pub struct foorpc_peer {
 /// connection (which reads replies for everyone), or the thread making the
 /// asynchronous call, before it returns, when the outcome is known at once.
 /// Callbacks of different calls may run at the same time. It must be quick
-/// and must not block: a blocking foorpc call from the I/O thread fails with
+/// and must not block: a blocking foorpc call from the I/O thread, or on the
+/// same connection from a thread blocked in a call on it, fails with
 /// FOORPC_RESULT_USAGE (use the asynchronous calls there).
 pub type foorpc_call_callback = Option<
     unsafe extern "C" fn(userdata: *mut c_void, result: foorpc_result, data: *const u8, len: usize),

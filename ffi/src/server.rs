@@ -14,7 +14,7 @@ use foorpc::{Error, Peer, Responder, Router, Server, Value};
 
 use crate::error::{fail, fail_with, foorpc_result};
 use crate::handler::{
-    foorpc_handler_callback, foorpc_notification_callback, in_inline_handler, register, Handlers,
+    foorpc_handler_callback, foorpc_notification_callback, in_handler, register, Handlers,
     Registration,
 };
 use crate::peer::foorpc_peer;
@@ -392,8 +392,9 @@ pub extern "C" fn foorpc_server_run(server: *mut foorpc_server) -> foorpc_result
 /// Stops the server gracefully: stops accepting connections, lets requests
 /// being handled finish (for up to 10 s; new requests get an error reply),
 /// sends their replies, closes every connection, and wakes
-/// foorpc_server_run. Blocks until done, except when called from an inline
-/// handler (FOORPC_HANDLER_INLINE), where it only starts the shutdown.
+/// foorpc_server_run. Blocks until done, except when called from a handler
+/// (inline or pool), where it only starts the shutdown: waiting there would
+/// wait for the calling handler's own request.
 ///
 /// Any thread may call it, any number of times, also before the server
 /// starts (then it never starts). It is not async-signal-safe: call it from
@@ -404,7 +405,7 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
     ffi_panic_boundary! {
         let server = try_ref!(server);
         let shared = server.shared.clone();
-        let inline = in_inline_handler();
+        let in_handler = in_handler();
         let mut st = shared.lock();
         match std::mem::take(&mut *st) {
             State::Building { addrs, .. } => {
@@ -415,8 +416,9 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
             State::Running { server, addrs } => {
                 *st = State::Stopping { addrs };
                 drop(st);
-                if inline {
-                    // The I/O thread must go on running for the drain to finish.
+                if in_handler {
+                    // The handler must return (and an I/O thread go on
+                    // running) for the drain to finish.
                     let (shared2, server2) = (shared.clone(), server.clone());
                     let spawned = std::thread::Builder::new()
                         .name("foorpc-stop".into())
@@ -433,7 +435,7 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
             }
             State::Stopping { addrs } => {
                 *st = State::Stopping { addrs };
-                if !inline {
+                if !in_handler {
                     shared.wait_stopped(st);
                 }
             }
