@@ -714,9 +714,7 @@ impl Conn {
             }
             if !guard.deferred.is_empty() && !self.write_backlog_too_large() {
                 let deferred = std::mem::take(&mut guard.deferred);
-                self.cork();
-                self.process(deferred.into_iter(), &mut guard.deferred);
-                self.uncork();
+                self.process_corked(deferred.into_iter(), &mut guard.deferred);
             }
             if self.write_backlog_too_large() {
                 // Published before the backlog is looked at again, so that
@@ -739,9 +737,7 @@ impl Conn {
                 // takes the lock next must find a reply read here already
                 // delivered, or it would wait on the socket for bytes that are
                 // gone (only try_lock is ever used on it, so this cannot deadlock).
-                self.cork();
-                self.process(batch.drain(..), &mut guard.deferred);
-                self.uncork();
+                self.process_corked(batch.drain(..), &mut guard.deferred);
                 if !guard.deferred.is_empty() {
                     self.read_wanted.store(true, Ordering::SeqCst);
                 }
@@ -906,6 +902,18 @@ impl Conn {
         Error::Protocol(e.to_string())
     }
 
+    /// [`Conn::process`] with writes corked, so that the replies it produces
+    /// leave together.
+    fn process_corked(
+        self: &Arc<Self>,
+        batch: impl Iterator<Item = Message>,
+        deferred: &mut VecDeque<Message>,
+    ) {
+        self.cork();
+        self.process(batch, deferred);
+        self.uncork();
+    }
+
     /// Completes replies and dispatches requests and notifications.
     ///
     /// On a server connection, a request met while the peer leaves too many
@@ -1019,9 +1027,9 @@ impl Conn {
         let deadline = Instant::now() + DRAIN_LIMIT;
         lock(&self.drain).get_or_insert((reason.clone(), deadline));
         self.draining.store(true, Ordering::SeqCst);
-        let slots = lock(&self.pending).close(reason);
+        let slots = lock(&self.pending).close(reason.clone());
         for slot in slots {
-            slot.complete(Err(self.closed_error()));
+            slot.complete(Err(reason.clone()));
         }
         if !self.close_if_drained() {
             self.watch_deadlines();
