@@ -1003,9 +1003,10 @@ foorpc_result foorpc_server_run(struct foorpc_server *server);
 
 /**
  * Stops the server gracefully: stops accepting connections, lets requests
- * being handled finish (for up to 10 s; new requests get an error reply),
- * sends their replies, closes every connection, and wakes
- * foorpc_server_run. Blocks until done, except when called from a handler
+ * being handled finish (for up to 10 s; new requests get an error reply; a
+ * handler still holding its responder is waited for even when its
+ * connection has closed), sends their replies, closes every connection,
+ * and wakes foorpc_server_run. Blocks until done, except when called from a handler
  * (inline or pool), where it only starts the shutdown: waiting there would
  * wait for the calling handler's own request.
  *
