@@ -498,7 +498,7 @@ impl Conn {
         }
         queue(&mut w);
         if w.cork > 0 {
-            self.write_backlog.store(w.backlog(), Ordering::Relaxed);
+            self.write_backlog.store(w.backlog(), Ordering::Release);
             return Ok(());
         }
         match self.flush_locked(&mut w) {
@@ -529,14 +529,14 @@ impl Conn {
             match written {
                 Ok(n) => w.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.write_backlog.store(w.backlog(), Ordering::Relaxed);
+                    self.write_backlog.store(w.backlog(), Ordering::Release);
                     return Ok(false);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.write_backlog.store(0, Ordering::Relaxed);
+        self.write_backlog.store(0, Ordering::Release);
         w.pos = 0;
         w.buf.clear();
         if w.buf.capacity() > KEEP_CAPACITY {
@@ -614,6 +614,14 @@ impl Conn {
     /// and resumes reading once the backlog that paused it has drained to half
     /// its limit.
     pub(crate) fn on_writable(self: &Arc<Self>) {
+        // Most writable events come along with a readable one, with nothing
+        // queued and nothing waiting for room: no lock taken for them.
+        if self.write_backlog.load(Ordering::Acquire) == 0
+            && !self.reads_paused.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+        {
+            return;
+        }
         let _ = self.flush_now();
         if self.draining.load(Ordering::Acquire) {
             self.close_if_drained();
