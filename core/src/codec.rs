@@ -26,6 +26,16 @@ use crate::limits::Limits;
 use crate::message::{Message, TYPE_NOTIFICATION, TYPE_REQUEST, TYPE_RESPONSE};
 use crate::Value;
 
+/// What one array element or map key or value costs once decoded, as
+/// [`Limits::max_decoded_size`] counts it: the size of a [`Value`].
+pub const DECODED_VALUE_SIZE: usize = std::mem::size_of::<Value>();
+
+/// The most a message taken by one of the one-pass paths (`scalar_request`,
+/// `scalar_response`, `scalars_only`) can cost decoded: four envelope
+/// elements, a method name of up to 255 bytes and 15 scalar params. Below
+/// this `max_decoded_size`, everything goes through the scan, which counts.
+const ONE_PASS_DECODED_MAX: usize = 19 * DECODED_VALUE_SIZE + 255;
+
 // ---------------------------------------------------------------------------
 // Encoding
 // ---------------------------------------------------------------------------
@@ -99,6 +109,7 @@ fn check_scanned(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
         let mut scanner = scanner.borrow_mut();
         scanner.reset();
         scanner.max_size = limits.max_message_size;
+        scanner.max_decoded = limits.max_decoded_size;
         // The value travels inside the message array: one level less is left.
         scanner.max_depth = limits.max_depth.saturating_sub(1);
         scanner.scan(bytes)
@@ -118,7 +129,7 @@ fn scalars_only(bytes: &[u8], limits: &Limits) -> bool {
     let Some(&first) = bytes.first() else {
         return false;
     };
-    if bytes.len() > limits.max_message_size {
+    if bytes.len() > limits.max_message_size || limits.max_decoded_size < ONE_PASS_DECODED_MAX {
         return false;
     }
     let (count, mut pos) = match first {
@@ -383,6 +394,9 @@ pub enum DecodeError {
     TooLarge { limit: usize },
     /// Arrays/maps nested deeper than `max_depth` (the message array is level 1).
     TooDeep { limit: usize },
+    /// The message would take more than `max_decoded_size` bytes once
+    /// decoded (see [`Limits::max_decoded_size`]). Detected from headers.
+    TooLargeDecoded { limit: usize },
     /// Bytes that are not MessagePack at all (the reserved byte 0xc1).
     Malformed(String),
     /// Well-formed MessagePack that is not a MessagePack-RPC message. `msgid`
@@ -400,6 +414,11 @@ impl fmt::Display for DecodeError {
             DecodeError::TooDeep { limit } => write!(
                 f,
                 "message nests arrays/maps deeper than the {limit}-level limit"
+            ),
+            DecodeError::TooLargeDecoded { limit } => write!(
+                f,
+                "message would take more than the {limit}-byte limit once decoded \
+                 (each array element and map key or value counts {DECODED_VALUE_SIZE} bytes)"
             ),
             DecodeError::Malformed(m) => write!(f, "malformed MessagePack: {m}"),
             DecodeError::Invalid {
@@ -426,6 +445,10 @@ impl std::error::Error for DecodeError {}
 pub struct Decoder {
     max_size: usize,
     max_depth: usize,
+    max_decoded: usize,
+    /// What the items committed so far will cost decoded (see
+    /// [`Limits::max_decoded_size`]).
+    decoded: usize,
     /// Offset of the next item header the scan has not read yet (may be past
     /// the buffer when a str/bin body is still missing).
     pos: usize,
@@ -457,11 +480,14 @@ enum Head {
 }
 
 impl Decoder {
-    /// A decoder enforcing `limits.max_message_size` and `limits.max_depth`.
+    /// A decoder enforcing `limits.max_message_size`, `max_decoded_size` and
+    /// `max_depth`.
     pub fn new(limits: &Limits) -> Decoder {
         Decoder {
             max_size: limits.max_message_size,
             max_depth: limits.max_depth,
+            max_decoded: limits.max_decoded_size,
+            decoded: 0,
             pos: 0,
             owed: 1,
             open: Vec::with_capacity(limits.max_depth.min(16)),
@@ -500,7 +526,7 @@ impl Decoder {
         // The message's own array is one level deep: with no depth allowed
         // at all, only the full scan gives the right error (a request's
         // params are the second level; scalar_request checks that itself).
-        if self.pos == 0 && self.max_depth >= 1 {
+        if self.pos == 0 && self.max_depth >= 1 && self.max_decoded >= ONE_PASS_DECODED_MAX {
             let done = scalar_response(buf, self.max_size, raw_result)
                 .or_else(|| scalar_request(buf, self.max_size, self.max_depth));
             if let Some(done) = done {
@@ -530,6 +556,7 @@ impl Decoder {
     fn reset(&mut self) {
         self.pos = 0;
         self.owed = 1;
+        self.decoded = 0;
         self.open.clear();
         self.need = 1;
     }
@@ -570,6 +597,16 @@ impl Decoder {
                     limit: self.max_depth,
                 });
             }
+            let decoded = self
+                .decoded
+                .saturating_add(item.data)
+                .saturating_add(children.saturating_mul(DECODED_VALUE_SIZE));
+            if decoded > self.max_decoded {
+                return Err(DecodeError::TooLargeDecoded {
+                    limit: self.max_decoded,
+                });
+            }
+            self.decoded = decoded;
             // Commit the item; its data may still be missing (pos > len).
             if let Some(top) = self.open.last_mut() {
                 *top -= 1;

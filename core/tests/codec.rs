@@ -244,6 +244,7 @@ fn invalid_vectors_are_rejected() {
         let kind = match &err {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::TooDeep { .. } => "too_deep",
+            DecodeError::TooLargeDecoded { .. } => "too_large_decoded",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Invalid { .. } => "invalid",
         };
@@ -366,6 +367,86 @@ fn custom_max_message_size() {
     assert_eq!(
         d.decode(&two[1000..]),
         Err(DecodeError::TooLarge { limit: 1000 })
+    );
+}
+
+#[test]
+fn custom_max_decoded_size() {
+    const V: usize = codec::DECODED_VALUE_SIZE;
+    // The request envelope's four elements, the method name "m", and the
+    // params array's elements.
+    let cost = |params: usize| 4 * V + 1 + params * V;
+    let limits = Limits {
+        max_decoded_size: cost(100),
+        ..Limits::default()
+    };
+    let nils = |n: usize| {
+        let mut out = Vec::new();
+        codec::encode_request(&mut out, 1, "m", &vec![Value::Nil; n]);
+        out
+    };
+    // 100 nils take 100 values: at the limit, accepted.
+    let fits = nils(100);
+    let (msg, used) = Decoder::new(&limits).decode(&fits).unwrap().unwrap();
+    assert_eq!(used, fits.len());
+    assert!(matches!(msg, Message::Request { params, .. } if params.len() == 100));
+    // 101 nils: refused from the params array's header alone (8 bytes),
+    // before any of them has arrived.
+    let over = nils(101);
+    assert_eq!(
+        Decoder::new(&limits).decode(&over[..8]),
+        Err(DecodeError::TooLargeDecoded { limit: cost(100) })
+    );
+    // str, bin and ext count their bytes: one bin of 101 * V bytes in place
+    // of the nils is over the limit too, while its encoding is far below
+    // max_message_size.
+    let mut bin = Vec::new();
+    codec::encode_request(&mut bin, 1, "m", &[Value::Binary(vec![7; 101 * V])]);
+    assert_eq!(
+        Decoder::new(&limits).decode(&bin),
+        Err(DecodeError::TooLargeDecoded { limit: cost(100) })
+    );
+    // Below what a one-pass path may cost, even the smallest request goes
+    // through the counting scan: add(1, 2) costs 6 values and 3 bytes.
+    let tiny = Limits {
+        max_decoded_size: 6 * V + 2,
+        ..Limits::default()
+    };
+    let mut add = Vec::new();
+    codec::encode_request(&mut add, 1, "add", &[Value::from(1), Value::from(2)]);
+    assert_eq!(
+        Decoder::new(&tiny).decode(&add),
+        Err(DecodeError::TooLargeDecoded { limit: 6 * V + 2 })
+    );
+    let enough = Limits {
+        max_decoded_size: 6 * V + 3,
+        ..tiny
+    };
+    assert!(Decoder::new(&enough).decode(&add).unwrap().is_some());
+    // check_encoded counts the same way (the value alone, without the
+    // envelope), so that pre-encoded params a peer would refuse are refused.
+    let params = &fits[5..]; // after 94 00 01 a1 6d
+    assert_eq!(
+        codec::check_encoded(
+            params,
+            &Limits {
+                max_decoded_size: 100 * V - 1,
+                ..Limits::default()
+            },
+            true
+        ),
+        Err(DecodeError::TooLargeDecoded { limit: 100 * V - 1 })
+    );
+    assert_eq!(
+        codec::check_encoded(
+            params,
+            &Limits {
+                max_decoded_size: 100 * V,
+                ..Limits::default()
+            },
+            true
+        ),
+        Ok(())
     );
 }
 

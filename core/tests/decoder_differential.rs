@@ -20,7 +20,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use foorpc::codec::{self, check_encoded, DecodeError, Decoder};
+use foorpc::codec::{self, check_encoded, DecodeError, Decoder, DECODED_VALUE_SIZE};
 use foorpc::{Limits, Message, Value};
 
 mod common;
@@ -799,6 +799,7 @@ fn kind_of(o: &Outcome) -> &'static str {
         Ok(Some(_)) => "message",
         Err(DecodeError::TooLarge { .. }) => "TooLarge",
         Err(DecodeError::TooDeep { .. }) => "TooDeep",
+        Err(DecodeError::TooLargeDecoded { .. }) => "TooLargeDecoded",
         Err(DecodeError::Malformed(_)) => "Malformed",
         Err(DecodeError::Invalid { .. }) => "Invalid",
     }
@@ -854,6 +855,28 @@ fn paths_agree(bytes: &[u8], l: &Limits, seed: u64) -> Result<(), String> {
 
 /// Nesting depth of a value as the decoder counts it: every array or map
 /// (empty ones too) is a level; scalars add none.
+/// What `v` costs decoded, counted independently of the decoder's scan:
+/// `DECODED_VALUE_SIZE` per array element and per map key or value, plus
+/// the bytes of every str, bin and ext.
+fn decoded_size(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => {
+            items.len() * DECODED_VALUE_SIZE + items.iter().map(decoded_size).sum::<usize>()
+        }
+        Value::Map(entries) => {
+            2 * entries.len() * DECODED_VALUE_SIZE
+                + entries
+                    .iter()
+                    .map(|(k, v)| decoded_size(k) + decoded_size(v))
+                    .sum::<usize>()
+        }
+        Value::String(s) => s.as_bytes().len(),
+        Value::Binary(b) => b.len(),
+        Value::Ext(_, b) => b.len(),
+        _ => 0,
+    }
+}
+
 fn depth(v: &Value) -> usize {
     match v {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
@@ -1012,7 +1035,8 @@ fn matches_rmpv(bytes: &[u8], l: &Limits) -> Result<(), String> {
         }
         (_, Err(_)) => return Ok(()),
     };
-    let within = n <= l.max_message_size && depth(v) <= l.max_depth;
+    let within =
+        n <= l.max_message_size && depth(v) <= l.max_depth && decoded_size(v) <= l.max_decoded_size;
     let spec = spec_message(v);
     match &ours {
         Ok(Some((msg, used))) => {
@@ -1045,6 +1069,9 @@ fn matches_rmpv(bytes: &[u8], l: &Limits) -> Result<(), String> {
         }
         Err(DecodeError::TooDeep { .. }) if depth(v) <= l.max_depth => {
             fail("TooDeep for a value within the depth limit")
+        }
+        Err(DecodeError::TooLargeDecoded { .. }) if decoded_size(v) <= l.max_decoded_size => {
+            fail("TooLargeDecoded for a value within the decoded size limit")
         }
         Err(DecodeError::Malformed(_)) => fail("Malformed, yet rmpv reads a value"),
         Err(_) => Ok(()),
@@ -1199,12 +1226,17 @@ fn with_big_stack(body: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Limits around an input: the defaults, exactly its first value's size and
-/// depth (as rmpv reads it), one byte or one level less, and a random pair.
+/// Limits around an input: the defaults, exactly its first value's size,
+/// depth and decoded size (as rmpv reads it), one byte or one level less,
+/// and random ones.
 fn limit_variants(rng: &mut Rng, bytes: &[u8]) -> Vec<Limits> {
-    let (size, deep) = match rmpv_first(bytes) {
-        Ok((v, n)) => (n, depth(&v)),
-        Err(_) => (bytes.len(), 3),
+    let (size, deep, decoded) = match rmpv_first(bytes) {
+        Ok((v, n)) => (n, depth(&v), decoded_size(&v)),
+        Err(_) => (bytes.len(), 3, bytes.len() * DECODED_VALUE_SIZE),
+    };
+    let with_decoded = |max_decoded_size: usize| Limits {
+        max_decoded_size,
+        ..Limits::default()
     };
     vec![
         Limits::default(),
@@ -1212,6 +1244,9 @@ fn limit_variants(rng: &mut Rng, bytes: &[u8]) -> Vec<Limits> {
         limits(size.saturating_sub(1), deep),
         limits(size, deep.saturating_sub(1)),
         limits(rng.below(bytes.len() + 3), rng.below(6)),
+        with_decoded(decoded),
+        with_decoded(decoded.saturating_sub(1)),
+        with_decoded(rng.below(decoded + 2)),
     ]
 }
 
@@ -1594,14 +1629,22 @@ fn check_encoded_matches_rmpv() {
                     }
                 }
             }
-            let deep = rmpv_first(&bytes).map(|(v, _)| depth(&v)).unwrap_or(2);
+            let (deep, decoded) = rmpv_first(&bytes)
+                .map(|(v, _)| (depth(&v), decoded_size(&v)))
+                .unwrap_or((2, 0));
             let len = bytes.len();
+            let with_decoded = |max_decoded_size: usize| Limits {
+                max_decoded_size,
+                ..limits(1 << 20, 128)
+            };
             let variants = [
                 limits(1 << 20, 128),
                 limits(len, deep + 1),
                 limits(len.saturating_sub(1), deep + 1),
                 limits(1 << 20, deep),
                 limits(rng.below(len + 2), rng.below(4)),
+                with_decoded(decoded),
+                with_decoded(decoded.saturating_sub(1)),
             ];
             for l in variants {
                 for array in [false, true] {
@@ -1624,27 +1667,31 @@ fn check_encoded_matches_rmpv() {
 fn check_encoded_vs_rmpv(bytes: &[u8], l: &Limits, array: bool) -> Result<(), String> {
     let ours = check_encoded(bytes, l, array);
     let theirs = rmpv_first(bytes);
-    let (whole, fits_size, fits_depth, is_array) = match &theirs {
+    let (whole, fits, is_array) = match &theirs {
         Ok((v, n)) => (
             *n == bytes.len(),
-            *n <= l.max_message_size,
-            depth(v) <= l.max_depth.saturating_sub(1),
+            [
+                *n <= l.max_message_size,
+                depth(v) <= l.max_depth.saturating_sub(1),
+                decoded_size(v) <= l.max_decoded_size,
+            ],
             v.is_array(),
         ),
-        Err(_) => (false, false, false, false),
+        Err(_) => (false, [false; 3], false),
     };
-    let want_ok = whole && fits_size && fits_depth && (is_array || !array);
+    let want_ok = whole && fits.iter().all(|&f| f) && (is_array || !array);
+    let over_one = fits.iter().filter(|&&f| !f).count() == 1;
     let consistent = match &ours {
         Ok(()) => want_ok,
         Err(_) if want_ok => false,
         // One value using every byte, of the right type, over one limit:
         // that limit's error.
-        Err(e) if whole && (is_array || !array) && fits_size != fits_depth => {
-            matches!(
-                (e, fits_size),
-                (DecodeError::TooLarge { .. }, false) | (DecodeError::TooDeep { .. }, true)
-            )
-        }
+        Err(e) if whole && (is_array || !array) && over_one => matches!(
+            (e, fits),
+            (DecodeError::TooLarge { .. }, [false, _, _])
+                | (DecodeError::TooDeep { .. }, [_, false, _])
+                | (DecodeError::TooLargeDecoded { .. }, [_, _, false])
+        ),
         Err(_) => true,
     };
     if consistent {

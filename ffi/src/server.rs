@@ -522,7 +522,8 @@ pub extern "C" fn foorpc_responder_peer(
 /// encoding of one value (copied; an empty input answers nil). Frees the
 /// responder in every case (except when it is NULL): if the bytes are not
 /// exactly one valid value (or exceed the connection's limits: 64 MiB,
-/// arrays/maps nested 128 deep), the caller gets an error reply and this
+/// 256 MiB once decoded at 40 bytes per value, arrays/maps nested 128
+/// deep), the caller gets an error reply and this
 /// returns FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
 #[no_mangle]
 pub extern "C" fn foorpc_responder_ok(

@@ -1468,15 +1468,47 @@ def pipelined_read_all(ctx: Ctx) -> Outcome:
                    f"{'all-ok' if oks == n else 'some-errors'} {state}")
 
 
-def rss_kib(pid: int) -> Optional[int]:
+def status_kib(pid: int, field: str) -> Optional[int]:
+    """A KiB figure from /proc/PID/status ("VmRSS", "VmHWM"); None if gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def rss_kib(pid: int) -> Optional[int]:
+    return status_kib(pid, "VmRSS")
+
+
+# One array of nils: 1 byte each on the wire, a 40-byte value each decoded.
+AMPLIFYING_NILS = 8_000_000
+AMPLIFYING_GROWTH_LIMIT_MIB = 64
+
+
+def amplifying_nils(ctx: Ctx) -> Outcome:
+    """echo([nil x 8,000,000]): 8 MB on the wire, well within max_message_size,
+    but 320 MB once decoded, over Limits::max_decoded_size (256 MiB). The server
+    must refuse it from the array's header (the connection closes) without its
+    peak memory growing by the decoded size, and keep serving others."""
+    before = status_kib(ctx.pid, "VmHWM")
+    data = ECHO_HEAD + b"\x91\xdd" + AMPLIFYING_NILS.to_bytes(4, "big") + b"\xc0" * AMPLIFYING_NILS
+    out = exchange(ctx.port, [data], [E(1, None)], want_close=True)
+    after = status_kib(ctx.pid, "VmHWM")
+    bad = fresh_call(ctx.port)
+    growth = (after - before) / 1024 if before and after else float("nan")
+    what = f"{out.what[:200]}; server peak RSS grew {growth:.0f} MiB"
+    if not out.ok:
+        return Outcome(False, what, out.sig[:100])
+    if bad:
+        return Outcome(False, f"{bad} [{what}]", "bad")
+    if not growth < AMPLIFYING_GROWTH_LIMIT_MIB:
+        return Outcome(False, f"peak memory grew {growth:.0f} MiB, over {AMPLIFYING_GROWTH_LIMIT_MIB} [{what}]",
+                       "grew")
+    return Outcome(True, what + "; fresh client served", "refused " + out.sig.split()[-1])
 
 
 def unread_replies(ctx: Ctx) -> Outcome:
@@ -1616,6 +1648,8 @@ def all_cases() -> List[Case]:
                Case("pipelined_1300_then_close", pipelined_then_close),
                Case("pipelined_5000_read_all", pipelined_read_all),
                Case("unread_replies_48_mib", unread_replies),
+               Case("amplifying_8m_nils", amplifying_nils),
+               echo_case("nils_100k_within_decoded_limit", A(*(NIL for _ in range(100_000)))),
                fuzz_case(FUZZ_COUNT)])
 
 
