@@ -66,8 +66,13 @@ thread_local! {
     /// The messages of one read, kept empty between reads on this thread so
     /// that a read does not allocate. A read nested in the processing of
     /// another (a handler that calls out) takes a fresh one.
-    static BATCH: Cell<Vec<Message>> = const { Cell::new(Vec::new()) };
+    static BATCH: Cell<Vec<Incoming>> = const { Cell::new(Vec::new()) };
 }
+
+/// A message read, and how many bytes it took on the wire (what a request
+/// or a notification handed to the pool counts against
+/// `Limits::max_request_backlog` while it is handled).
+type Incoming = (Message, usize);
 
 /// Most messages a kept `BATCH` has room for: the usual batch of pipelined
 /// calls (a larger one is shrunk to this, not dropped, so that the next
@@ -109,10 +114,10 @@ struct ReadState {
     /// Bytes of a message not yet complete (empty between messages).
     partial: Vec<u8>,
     decoder: Decoder,
-    /// Messages read but not handled yet, because the peer leaves too many
-    /// replies unread (see `Conn::pump`); handled, in order, before any more
+    /// Messages read but not handled yet, because the peer makes the server
+    /// hold too much (see `Conn::pump`); handled, in order, before any more
     /// are read.
-    deferred: VecDeque<Message>,
+    deferred: VecDeque<Incoming>,
 }
 
 struct WriteState {
@@ -216,12 +221,15 @@ pub(crate) struct Conn {
     /// that came with the data raises no event of its own, so reading goes on
     /// until it finds the end.
     read_closed: AtomicBool,
-    /// A server connection stopped reading because its peer does not read
-    /// the replies (see `pump`); the reactor resumes it once they drain.
+    /// A server connection stopped reading because its peer makes it hold
+    /// too much (see `pump`); resumed once that has come down to half.
     reads_paused: AtomicBool,
     write: Mutex<WriteState>,
     /// `WriteState::backlog` as of the last change, readable without the lock.
     write_backlog: AtomicUsize,
+    /// Bytes (as received) of the peer's requests being handled, and of its
+    /// notifications waiting for or running on the worker pool.
+    held: AtomicUsize,
     /// Set once the peer's stream has ended (`close_after_replies`).
     draining: AtomicBool,
     /// Why, and when the connection closes at the latest.
@@ -278,6 +286,7 @@ impl Conn {
             read_closed: AtomicBool::new(false),
             reads_paused: AtomicBool::new(false),
             write_backlog: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             drain: Mutex::new(None),
             write: Mutex::new(WriteState {
@@ -626,21 +635,63 @@ impl Conn {
         if self.draining.load(Ordering::Acquire) {
             self.close_if_drained();
         }
-        if self.reads_paused.load(Ordering::SeqCst)
-            && self.write_backlog.load(Ordering::SeqCst) <= self.config.limits.max_write_backlog / 2
-            && self.reads_paused.swap(false, Ordering::SeqCst)
-        {
-            self.on_readable(false);
-        }
+        self.resume_reads_if_relieved();
     }
 
     /// A server connection whose peer leaves more than the limit of replies
-    /// unread reads no more requests: memory stays bounded, and the peer's
-    /// own sends block, as TCP flow control makes them. (Clients always
-    /// read, so two foorpc peers cannot both stop.)
-    fn write_backlog_too_large(&self) -> bool {
+    /// unread, or has more than the limit of requests being handled, reads
+    /// no more of its messages: memory stays bounded, and the peer's own
+    /// sends block, as TCP flow control makes them. (Clients always read, so
+    /// two foorpc peers cannot both stop.)
+    ///
+    /// Requests being handled do not count while the server waits for a
+    /// reply from this peer: a handler calling back must get its answer.
+    fn backlog_too_large(&self) -> bool {
+        let limits = &self.config.limits;
         self.config.server.is_some()
-            && self.write_backlog.load(Ordering::SeqCst) > self.config.limits.max_write_backlog
+            && (self.write_backlog.load(Ordering::SeqCst) > limits.max_write_backlog
+                || (self.held.load(Ordering::SeqCst) > limits.max_request_backlog
+                    && lock(&self.pending).len() == 0))
+    }
+
+    /// Resumes reading a paused connection once what paused it is down to
+    /// half its limit. Handlers then run on the reactor thread, as they
+    /// would have: never inside another handler's reply.
+    fn resume_reads_if_relieved(self: &Arc<Self>) {
+        if !self.reads_paused.load(Ordering::SeqCst) {
+            return;
+        }
+        let limits = &self.config.limits;
+        let relieved = self.write_backlog.load(Ordering::SeqCst) <= limits.max_write_backlog / 2
+            && (self.held.load(Ordering::SeqCst) <= limits.max_request_backlog / 2
+                || lock(&self.pending).len() > 0);
+        if !relieved || !self.reads_paused.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match self.reactor.get() {
+            Some(r) if !r.is_current_thread() => {
+                let conn = self.clone();
+                r.submit(move |_| conn.on_readable(false));
+            }
+            _ => self.on_readable(false),
+        }
+    }
+
+    /// Counts `bytes` of the peer's messages as held until the returned
+    /// guard is dropped (a notification handed to the worker pool).
+    pub(crate) fn hold(self: &Arc<Self>, bytes: usize) -> Held {
+        self.held.fetch_add(bytes, Ordering::SeqCst);
+        Held {
+            conn: self.clone(),
+            bytes,
+        }
+    }
+
+    fn release(self: &Arc<Self>, bytes: usize) {
+        if bytes > 0 {
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            self.resume_reads_if_relieved();
+        }
     }
 
     /// Writes what is queued (unless corked) without waiting; true when
@@ -709,26 +760,28 @@ impl Conn {
     /// Reads and processes until nothing is left that someone asked to be read.
     ///
     /// A server connection whose peer leaves more than
-    /// `Limits::max_write_backlog` bytes of replies unread handles no more of
-    /// its requests: the rest of a batch waits in `ReadState::deferred`, and
-    /// nothing more is read until the reactor sees the replies drain
-    /// (`on_writable`). Memory stays bounded, and the peer's own sends block,
-    /// as TCP flow control makes them. Clients always read, so two foorpc
-    /// peers cannot both stop.
+    /// `Limits::max_write_backlog` bytes of replies unread, or has more than
+    /// `Limits::max_request_backlog` bytes of requests being handled,
+    /// handles no more of its requests: the rest of a batch waits in
+    /// `ReadState::deferred`, and nothing more is read until the replies
+    /// drain (`on_writable`) or the handlers finish (`release`). Memory
+    /// stays bounded, and the peer's own sends block, as TCP flow control
+    /// makes them. Clients always read, so two foorpc peers cannot both stop.
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
             if self.draining.load(Ordering::SeqCst) {
                 return; // the stream has ended: nothing more to read
             }
-            if !guard.deferred.is_empty() && !self.write_backlog_too_large() {
+            if !guard.deferred.is_empty() && !self.backlog_too_large() {
                 let deferred = std::mem::take(&mut guard.deferred);
                 self.process_corked(deferred.into_iter(), &mut guard.deferred);
             }
-            if self.write_backlog_too_large() {
+            if self.backlog_too_large() {
                 // Published before the backlog is looked at again, so that
-                // `on_writable` either sees the pause or drained it first.
+                // `resume_reads_if_relieved` either sees the pause or
+                // relieved it first.
                 self.reads_paused.store(true, Ordering::SeqCst);
-                if self.write_backlog_too_large() {
+                if self.backlog_too_large() {
                     return;
                 }
                 self.reads_paused.store(false, Ordering::SeqCst);
@@ -775,7 +828,7 @@ impl Conn {
     fn read_batch(
         self: &Arc<Self>,
         rs: &mut ReadState,
-        out: &mut Vec<Message>,
+        out: &mut Vec<Incoming>,
         mut wait: bool,
     ) -> ReadStatus {
         if self.is_closed() {
@@ -914,8 +967,8 @@ impl Conn {
     /// leave together.
     fn process_corked(
         self: &Arc<Self>,
-        batch: impl Iterator<Item = Message>,
-        deferred: &mut VecDeque<Message>,
+        batch: impl Iterator<Item = Incoming>,
+        deferred: &mut VecDeque<Incoming>,
     ) {
         self.cork();
         self.process(batch, deferred);
@@ -924,17 +977,17 @@ impl Conn {
 
     /// Completes replies and dispatches requests and notifications.
     ///
-    /// On a server connection, a request met while the peer leaves too many
-    /// replies unread stops it: that request and the rest of `batch` go to
-    /// `deferred`.
+    /// On a server connection, a request or notification met while the peer
+    /// makes the server hold too much stops it: that message and the rest
+    /// of `batch` go to `deferred`.
     fn process(
         self: &Arc<Self>,
-        mut batch: impl Iterator<Item = Message>,
-        deferred: &mut VecDeque<Message>,
+        mut batch: impl Iterator<Item = Incoming>,
+        deferred: &mut VecDeque<Incoming>,
     ) {
-        while let Some(msg) = batch.next() {
-            if matches!(msg, Message::Request { .. }) && self.write_backlog_too_large() {
-                deferred.push_back(msg);
+        while let Some((msg, size)) = batch.next() {
+            if !matches!(msg, Message::Response { .. }) && self.backlog_too_large() {
+                deferred.push_back((msg, size));
                 deferred.extend(batch);
                 return;
             }
@@ -957,19 +1010,27 @@ impl Conn {
                     msgid,
                     method,
                     params,
-                } => self.dispatch_request(msgid, method, params),
+                } => self.dispatch_request(msgid, method, params, size),
                 Message::Notification { method, params } => {
-                    self.config.router.dispatch_notification(Notification {
+                    let notification = Notification {
                         method,
                         params,
                         peer: Peer::new(self.clone()),
-                    })
+                    };
+                    let hold = || self.hold(size);
+                    self.config.router.dispatch_notification(notification, hold)
                 }
             }
         }
     }
 
-    fn dispatch_request(self: &Arc<Self>, msgid: u32, method: String, params: Vec<Value>) {
+    fn dispatch_request(
+        self: &Arc<Self>,
+        msgid: u32,
+        method: String,
+        params: Vec<Value>,
+        size: usize,
+    ) {
         let refuse = |msg: String| {
             let obj = Error::error_object(crate::error::ERROR_CODE_EXCEPTION, msg);
             let deadline = self.config.call_timeout.and_then(deadline::after);
@@ -984,36 +1045,41 @@ impl Conn {
         }
         let limit = self.config.limits.max_in_flight;
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.finish_request();
+            self.finish_request(0);
             return refuse(format!(
                 "limit exceeded: {limit} requests already in flight on this connection"
             ));
         }
+        self.held.fetch_add(size, Ordering::SeqCst);
         let request = Request {
             method,
             params,
-            responder: Responder::new(self.clone(), msgid),
+            responder: Responder::new(self.clone(), msgid, size),
             peer: Peer::new(self.clone()),
         };
         self.config.router.dispatch_request(request);
     }
 
     /// Sends the reply to one request (called once per request, by its
-    /// Responder): `send` queues it, given the reply's write deadline.
+    /// Responder, with the request's size as received): `send` queues it,
+    /// given the reply's write deadline.
     pub(crate) fn respond_by(
         self: &Arc<Self>,
+        size: usize,
         send: impl FnOnce(&Arc<Self>, Option<Instant>) -> Result<()>,
     ) {
         let _ = send(self, self.config.call_timeout.and_then(deadline::after));
-        self.finish_request();
+        self.finish_request(size);
     }
 
     /// [`Conn::respond_by`] with a reply encoded into the write buffer.
-    pub(crate) fn respond(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.respond_by(|conn, deadline| conn.send(deadline, encode));
+    pub(crate) fn respond(self: &Arc<Self>, size: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.respond_by(size, |conn, deadline| conn.send(deadline, encode));
     }
 
-    fn finish_request(&self) {
+    /// A request of `size` bytes is answered (or was refused: 0).
+    fn finish_request(self: &Arc<Self>, size: usize) {
+        self.release(size);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(server) = &self.config.server {
             server.end_request();
@@ -1071,6 +1137,9 @@ impl Conn {
     ) -> Result<(u32, Arc<CallSlot>)> {
         let slot = CallSlot::new(deadline, raw_result);
         let msgid = lock(&self.pending).insert(slot.clone())?;
+        // A handler calling back to a peer whose requests paused the reading
+        // must be able to read the reply.
+        self.resume_reads_if_relieved();
         if let Some(d) = deadline {
             if self.deadlines_watched.load(Ordering::Acquire) {
                 self.wake_reactor_by(d);
@@ -1315,17 +1384,30 @@ impl Drop for Conn {
     }
 }
 
+/// Bytes of a peer's message that its server connection counts as held
+/// (`Limits::max_request_backlog`) until this is dropped.
+pub(crate) struct Held {
+    conn: Arc<Conn>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.conn.release(self.bytes);
+    }
+}
+
 fn decode_all(
     dec: &mut Decoder,
     data: &[u8],
-    out: &mut Vec<Message>,
+    out: &mut Vec<Incoming>,
     raw_result: &dyn Fn(u32) -> bool,
 ) -> Result<usize, DecodeError> {
     let mut used = 0;
     while used < data.len() {
         match dec.decode_with(&data[used..], raw_result)? {
             Some((msg, n)) => {
-                out.push(msg);
+                out.push((msg, n));
                 used += n;
             }
             None => break,

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
-use crate::conn::Conn;
+use crate::conn::{Conn, Held};
 use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 use crate::fasthash::FastState;
 use crate::peer::Peer;
@@ -179,13 +179,24 @@ impl Router {
         run(handler.clone(), *execution, req);
     }
 
-    pub(crate) fn dispatch_notification(&self, n: Notification) {
+    /// Runs the notification's handler. One that goes to the worker pool
+    /// counts as held (`hold`) until it has run: the peer must not queue
+    /// them without bound.
+    pub(crate) fn dispatch_notification(&self, n: Notification, hold: impl FnOnce() -> Held) {
         let entry = self
             .notifications
             .get(&n.method)
             .or(self.notification_fallback.as_ref());
-        if let Some((handler, execution)) = entry {
-            run(handler.clone(), *execution, n);
+        match entry {
+            Some((handler, Execution::Pool)) => {
+                let (handler, held) = (handler.clone(), hold());
+                Pool::global().execute(Box::new(move || {
+                    handler(n);
+                    drop(held);
+                }))
+            }
+            Some((handler, Execution::Inline)) => run(handler.clone(), Execution::Inline, n),
+            None => {}
         }
     }
 }
@@ -208,13 +219,17 @@ fn run<T: Send + 'static>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Exec
 pub struct Responder {
     conn: Option<Arc<Conn>>,
     msgid: u32,
+    /// The request's size as received: held against the connection's
+    /// `Limits::max_request_backlog` until answered.
+    size: usize,
 }
 
 impl Responder {
-    pub(crate) fn new(conn: Arc<Conn>, msgid: u32) -> Responder {
+    pub(crate) fn new(conn: Arc<Conn>, msgid: u32, size: usize) -> Responder {
         Responder {
             conn: Some(conn),
             msgid,
+            size,
         }
     }
 
@@ -232,7 +247,7 @@ impl Responder {
             {
                 if let Some(conn) = self.conn.take() {
                     let (msgid, len) = (self.msgid, bytes.len());
-                    conn.respond_by(|conn, deadline| {
+                    conn.respond_by(self.size, |conn, deadline| {
                         conn.send_spliced(
                             deadline,
                             |out| codec::encode_response_bin_head(out, msgid, len),
@@ -283,7 +298,7 @@ impl Responder {
         let msgid = self.msgid;
         match checked {
             Ok(()) => {
-                conn.respond_by(|conn, deadline| {
+                conn.respond_by(self.size, |conn, deadline| {
                     conn.send_with_payload(
                         deadline,
                         |out| codec::encode_response_encoded(out, msgid, error, &[]),
@@ -294,7 +309,9 @@ impl Responder {
             }
             Err(e) => {
                 let obj = Error::error_object(ERROR_CODE_EXCEPTION, e.to_string());
-                conn.respond(|out| codec::encode_response(out, msgid, &obj, &Value::Nil));
+                conn.respond(self.size, |out| {
+                    codec::encode_response(out, msgid, &obj, &Value::Nil)
+                });
                 Err(e)
             }
         }
@@ -311,7 +328,9 @@ impl Responder {
     fn send(&mut self, error: &Value, result: &Value) {
         if let Some(conn) = self.conn.take() {
             let msgid = self.msgid;
-            conn.respond(|out| codec::encode_response(out, msgid, error, result));
+            conn.respond(self.size, |out| {
+                codec::encode_response(out, msgid, error, result)
+            });
         }
     }
 }

@@ -3,7 +3,8 @@
 //! The defaults are meant for a server on an open network: a hostile peer can
 //! cost about one message's worth of memory (`max_message_size` as it
 //! arrives, at most `max_decoded_size` once decoded), plus the replies it
-//! leaves unread (up to `max_write_backlog`), and its own connection.
+//! leaves unread (up to `max_write_backlog`) and the requests it has
+//! handlers work on (up to `max_request_backlog`), and its own connection.
 
 /// Resource limits for a client or a server. Every field is configurable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,13 @@ pub struct Limits {
     /// requests (its sends then block, as TCP flow control makes them) until
     /// the peer has read the queue down to half. One reply may exceed it.
     pub max_write_backlog: usize,
+    /// Bytes (as received) of requests a server holds for one peer while
+    /// its handlers work on them, notifications waiting for or running on
+    /// the worker pool included. Above it the server reads no more of that
+    /// peer's messages until its handlers have finished down to half. One
+    /// message may exceed it. Not applied while the server waits for a
+    /// reply from that peer, so that a handler calling back gets its answer.
+    pub max_request_backlog: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +50,7 @@ impl Default for Limits {
             max_in_flight: 4096,
             max_connections: 4096,
             max_write_backlog: 8 * 1024 * 1024,
+            max_request_backlog: 16 * 1024 * 1024,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -162,6 +163,203 @@ fn a_peer_that_reads_no_replies_is_not_read_past_the_write_backlog() {
     }
     assert_eq!(handled.load(Ordering::SeqCst), CALLS as usize);
     assert_eq!(other.call::<i64>("add", (2, 3)).unwrap(), 5);
+}
+
+/// How many of `started` have begun, once the count stops moving (at most 10 s).
+fn settled(started: &AtomicUsize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = usize::MAX;
+    while Instant::now() < deadline {
+        let now = started.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        thread::sleep(Duration::from_millis(300));
+    }
+    started.load(Ordering::SeqCst)
+}
+
+const HELD_PARAM: usize = 64 * 1024;
+const HELD_LIMIT: usize = 256 * 1024;
+const HELD_MESSAGES: u32 = 200; // 12.5 MiB
+
+fn request_backlog_limits() -> Limits {
+    Limits {
+        max_request_backlog: HELD_LIMIT,
+        ..Limits::default()
+    }
+}
+
+/// Sends `bytes` from another thread (the server stops reading them) and
+/// checks that no more handlers start than `HELD_LIMIT` lets through, one
+/// message over it included.
+fn send_while_held_back(
+    raw: &RawPeer<std::net::TcpStream>,
+    bytes: Vec<u8>,
+    started: &AtomicUsize,
+) -> thread::JoinHandle<()> {
+    let mut writer = raw.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || writer.write_all(&bytes).unwrap());
+    let before = settled(started);
+    let most = HELD_LIMIT / HELD_PARAM + 1;
+    assert!(
+        (1..=most).contains(&before),
+        "{before} handlers started while they held the messages (limit: {most})"
+    );
+    sender
+}
+
+/// A peer whose requests wait on slow pool handlers is read no further once
+/// `max_request_backlog` bytes of them are held (a request over the limit
+/// still goes through, then reading stops): the pool does not take up every
+/// request the peer can send. Other connections are served, and once the
+/// handlers finish, every request is handled and answered.
+#[test]
+fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut router = calc_router();
+    let (g, count) = (gate.clone(), started.clone());
+    router.register("slow_len", Execution::Pool, move |req| {
+        count.fetch_add(1, Ordering::SeqCst);
+        g.wait(Duration::from_secs(20));
+        let len = req
+            .params
+            .first()
+            .and_then(Value::as_slice)
+            .map_or(0, <[u8]>::len);
+        req.responder.ok(Value::from(len));
+    });
+    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    let requests: Vec<u8> = (0..HELD_MESSAGES)
+        .flat_map(|i| {
+            request_bytes(
+                i,
+                "slow_len",
+                &[Value::Binary(vec![1; HELD_PARAM + i as usize])],
+            )
+        })
+        .collect();
+    let sender = send_while_held_back(&raw, requests, &started);
+    let other = Client::connect(&server.local_addr().to_string()).unwrap();
+    assert_eq!(other.call::<i64>("add", (1, 2)).unwrap(), 3);
+
+    gate.open();
+    let mut replies = std::collections::HashMap::new();
+    for _ in 0..HELD_MESSAGES {
+        match raw.expect_msg() {
+            foorpc::Message::Response {
+                msgid,
+                error,
+                result,
+            } => {
+                assert_eq!(error, Value::Nil, "reply {msgid}");
+                replies.insert(msgid, result);
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+    for i in 0..HELD_MESSAGES {
+        assert_eq!(
+            replies.get(&i),
+            Some(&Value::from(HELD_PARAM + i as usize)),
+            "reply {i}"
+        );
+    }
+    sender.join().unwrap();
+    assert_eq!(started.load(Ordering::SeqCst), HELD_MESSAGES as usize);
+}
+
+/// Notifications for a handler on the worker pool count as held until it
+/// has run: a peer cannot queue them without bound behind a slow handler.
+#[test]
+fn notifications_queued_for_the_pool_stop_reading_past_the_request_backlog() {
+    let gate = Gate::new();
+    let (started, bytes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut router = calc_router();
+    let (g, count, total) = (gate.clone(), started.clone(), bytes.clone());
+    router.notification("slow_note", Execution::Pool, move |n| {
+        count.fetch_add(1, Ordering::SeqCst);
+        g.wait(Duration::from_secs(20));
+        let len = n
+            .params
+            .first()
+            .and_then(Value::as_slice)
+            .map_or(0, <[u8]>::len);
+        total.fetch_add(len, Ordering::SeqCst);
+    });
+    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    let raw = RawPeer::connect(&tcp_host_port(&server));
+    let notes: Vec<u8> = (0..HELD_MESSAGES)
+        .flat_map(|_| {
+            let mut out = Vec::new();
+            foorpc::codec::encode_notification(
+                &mut out,
+                "slow_note",
+                &[Value::Binary(vec![2; HELD_PARAM])],
+            );
+            out
+        })
+        .collect();
+    let sender = send_while_held_back(&raw, notes, &started);
+    gate.open();
+    sender.join().unwrap();
+    let all = HELD_MESSAGES as usize * HELD_PARAM;
+    assert!(
+        eventually(Duration::from_secs(10), || bytes.load(Ordering::SeqCst)
+            == all),
+        "{} of {all} bytes of notifications handled",
+        bytes.load(Ordering::SeqCst)
+    );
+    drop(raw);
+}
+
+/// Held requests do not stop reading while the server waits for replies
+/// from the same peer: handlers that call back get their answers, however
+/// much the peer's requests weigh.
+#[test]
+fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
+    let mut router = calc_router();
+    router.register("len_via_client", Execution::Pool, |req| {
+        let len = req
+            .params
+            .first()
+            .and_then(Value::as_slice)
+            .map_or(0, <[u8]>::len);
+        let r = req
+            .peer
+            .call_value("twice", &[Value::from(len)], Some(Duration::from_secs(10)));
+        req.responder.respond(r);
+    });
+    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    let mut client_router = Router::new();
+    client_router.method_inline("twice", |params| {
+        Ok(Value::from(
+            params.first().and_then(Value::as_u64).unwrap_or(0) * 2,
+        ))
+    });
+    let client = Client::builder()
+        .router(client_router)
+        .connect(&server.local_addr().to_string())
+        .unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let bin = Value::Binary(vec![3; HELD_PARAM + i]);
+            client
+                .peer()
+                .call_async("len_via_client", &[bin], Some(Duration::from_secs(20)))
+                .unwrap()
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(
+            call.wait().unwrap(),
+            Value::from(2 * (HELD_PARAM + i)),
+            "call {i}"
+        );
+    }
 }
 
 #[test]
