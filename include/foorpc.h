@@ -30,8 +30,9 @@
  * the handler on foorpc's worker pool (the default, 0). It may block
  * (including blocking calls back to the peer with foorpc_peer_call);
  * handlers of concurrent requests run at the same time on different threads.
- * A server reads no more from a peer whose requests and pool notifications
- * waiting on handlers add up to 16 MiB, until they are down to half.
+ * A server reads no more from a peer whose requests waiting on handlers
+ * (answered or not by handlers that keep their responder) and pool
+ * notifications add up to more than 16 MiB, until they are down to half.
  */
 #define FOORPC_HANDLER_POOL 0
 

@@ -449,6 +449,8 @@ pub struct Decoder {
     /// What the items committed so far will cost decoded (see
     /// [`Limits::max_decoded_size`]).
     decoded: usize,
+    /// What the last message returned costs decoded, counted the same way.
+    last_decoded: usize,
     /// Offset of the next item header the scan has not read yet (may be past
     /// the buffer when a str/bin body is still missing).
     pos: usize,
@@ -488,6 +490,7 @@ impl Decoder {
             max_depth: limits.max_depth,
             max_decoded: limits.max_decoded_size,
             decoded: 0,
+            last_decoded: 0,
             pos: 0,
             owed: 1,
             open: Vec::with_capacity(limits.max_depth.min(16)),
@@ -500,6 +503,12 @@ impl Decoder {
     /// size its buffer once for a large message.
     pub fn bytes_needed(&self) -> usize {
         self.need
+    }
+
+    /// What the message the last successful decode returned costs decoded,
+    /// as [`Limits::max_decoded_size`] counts it.
+    pub(crate) fn last_decoded_size(&self) -> usize {
+        self.last_decoded
     }
 
     /// Tries to decode one message from the start of `buf`.
@@ -531,6 +540,15 @@ impl Decoder {
                 .or_else(|| scalar_request(buf, self.max_size, self.max_depth));
             if let Some(done) = done {
                 self.reset();
+                // What the scan would have counted for these shapes: the
+                // envelope's four elements, the method name, scalar params.
+                self.last_decoded = 4 * DECODED_VALUE_SIZE
+                    + match &done.0 {
+                        Message::Request { method, params, .. } => {
+                            method.len() + params.len() * DECODED_VALUE_SIZE
+                        }
+                        _ => 0,
+                    };
                 return Ok(Some(done));
             }
         }
@@ -548,7 +566,9 @@ impl Decoder {
         let Some(end) = self.scan(buf)? else {
             return Ok(None);
         };
+        let decoded = self.decoded;
         self.reset();
+        self.last_decoded = decoded;
         let msg = parse_message(&buf[..end], raw_result)?;
         Ok(Some((msg, end)))
     }
@@ -1130,6 +1150,40 @@ mod tests {
             max_message_size,
             max_depth,
             ..Limits::default()
+        }
+    }
+
+    /// The one-pass paths report the decoded cost the scan counts for the
+    /// same bytes (the scan runs alone below `ONE_PASS_DECODED_MAX`).
+    #[test]
+    fn one_pass_paths_report_the_decoded_size_the_scan_counts() {
+        let scan_only = Limits {
+            max_decoded_size: ONE_PASS_DECODED_MAX - 1,
+            ..Limits::default()
+        };
+        let mut messages = Vec::new();
+        let mut add = Vec::new();
+        encode_request(&mut add, 7, "add", &[Value::from(1), Value::from(-2)]);
+        messages.push(add);
+        let mut many = Vec::new();
+        let params: Vec<Value> = (0..15).map(|i| Value::from(i * 1000)).collect();
+        encode_request(&mut many, 300, &"m".repeat(200), &params);
+        messages.push(many);
+        let mut reply = Vec::new();
+        encode_response(&mut reply, 9, &Value::Nil, &Value::from(2.5));
+        messages.push(reply);
+        for bytes in &messages {
+            let mut fast = Decoder::new(&Limits::default());
+            let mut scan = Decoder::new(&scan_only);
+            let a = fast.decode(bytes).unwrap().unwrap();
+            let b = scan.decode(bytes).unwrap().unwrap();
+            assert_eq!(a.1, b.1);
+            assert_eq!(
+                fast.last_decoded_size(),
+                scan.last_decoded_size(),
+                "{bytes:x?}"
+            );
+            assert!(fast.last_decoded_size() >= 4 * DECODED_VALUE_SIZE);
         }
     }
 

@@ -52,6 +52,10 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// once); this only keeps their msgids unique. `Limits::max_in_flight`
 /// bounds the other direction, the peer's requests.
 pub const MAX_CALLS_IN_FLIGHT: usize = 1 << 24;
+/// While a server waits for replies from a peer, that peer's requests being
+/// handled may reach this many times `Limits::max_request_backlog` before
+/// reading stops (see `Conn::backlog_too_large`).
+const CALLBACK_ALLOWANCE: usize = 4;
 /// How long a connection whose peer ended its stream stays open to answer
 /// the requests still in flight (`Conn::close_after_replies`).
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -69,9 +73,9 @@ thread_local! {
     static BATCH: Cell<Vec<Incoming>> = const { Cell::new(Vec::new()) };
 }
 
-/// A message read, and how many bytes it took on the wire (what a request
-/// or a notification handed to the pool counts against
-/// `Limits::max_request_backlog` while it is handled).
+/// A message read, and what it costs: its size on the wire or decoded,
+/// whichever is larger (what a request, or a notification handed to the
+/// pool, counts against `Limits::max_request_backlog` while it is handled).
 type Incoming = (Message, usize);
 
 /// Most messages a kept `BATCH` has room for: the usual batch of pipelined
@@ -227,9 +231,13 @@ pub(crate) struct Conn {
     write: Mutex<WriteState>,
     /// `WriteState::backlog` as of the last change, readable without the lock.
     write_backlog: AtomicUsize,
-    /// Bytes (as received) of the peer's requests being handled, and of its
-    /// notifications waiting for or running on the worker pool.
+    /// Bytes of the peer's requests being handled, and of its notifications
+    /// waiting for or running on the worker pool (each counted at its size
+    /// on the wire or decoded, whichever is larger).
     held: AtomicUsize,
+    /// `ReadState::deferred` is not empty (readable without the read lock,
+    /// for `close_if_drained`).
+    deferred_left: AtomicBool,
     /// Set once the peer's stream has ended (`close_after_replies`).
     draining: AtomicBool,
     /// Why, and when the connection closes at the latest.
@@ -287,6 +295,7 @@ impl Conn {
             reads_paused: AtomicBool::new(false),
             write_backlog: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            deferred_left: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain: Mutex::new(None),
             write: Mutex::new(WriteState {
@@ -635,7 +644,7 @@ impl Conn {
         if self.draining.load(Ordering::Acquire) {
             self.close_if_drained();
         }
-        self.resume_reads_if_relieved();
+        self.resume_reads_if_relieved(true);
     }
 
     /// A server connection whose peer leaves more than the limit of replies
@@ -644,34 +653,49 @@ impl Conn {
     /// sends block, as TCP flow control makes them. (Clients always read, so
     /// two foorpc peers cannot both stop.)
     ///
-    /// Requests being handled do not count while the server waits for a
-    /// reply from this peer: a handler calling back must get its answer.
+    /// While the server waits for a reply from this peer, requests being
+    /// handled may reach [`CALLBACK_ALLOWANCE`] times their limit: a handler
+    /// calling back must get its answer.
     fn backlog_too_large(&self) -> bool {
+        if self.config.server.is_none() {
+            return false;
+        }
         let limits = &self.config.limits;
-        self.config.server.is_some()
-            && (self.write_backlog.load(Ordering::SeqCst) > limits.max_write_backlog
-                || (self.held.load(Ordering::SeqCst) > limits.max_request_backlog
-                    && lock(&self.pending).len() == 0))
+        let held = self.held.load(Ordering::SeqCst);
+        let limit = limits.max_request_backlog;
+        self.write_backlog.load(Ordering::SeqCst) > limits.max_write_backlog
+            || held > limit.saturating_mul(CALLBACK_ALLOWANCE)
+            || (held > limit && lock(&self.pending).len() == 0)
     }
 
     /// Resumes reading a paused connection once what paused it is down to
-    /// half its limit. Handlers then run on the reactor thread, as they
-    /// would have: never inside another handler's reply.
-    fn resume_reads_if_relieved(self: &Arc<Self>) {
+    /// half its limit. `direct` only from the top of the event loop
+    /// (`on_writable`); anywhere else the reactor is asked to do it, so that
+    /// the peer's handlers never run inside another handler's reply.
+    fn resume_reads_if_relieved(self: &Arc<Self>, direct: bool) {
         if !self.reads_paused.load(Ordering::SeqCst) {
             return;
         }
         let limits = &self.config.limits;
+        let held = self.held.load(Ordering::SeqCst);
+        let limit = limits.max_request_backlog;
         let relieved = self.write_backlog.load(Ordering::SeqCst) <= limits.max_write_backlog / 2
-            && (self.held.load(Ordering::SeqCst) <= limits.max_request_backlog / 2
-                || lock(&self.pending).len() > 0);
+            && (held <= limit / 2
+                || (held <= limit.saturating_mul(CALLBACK_ALLOWANCE / 2)
+                    && lock(&self.pending).len() > 0));
         if !relieved || !self.reads_paused.swap(false, Ordering::SeqCst) {
             return;
         }
         match self.reactor.get() {
-            Some(r) if !r.is_current_thread() => {
-                let conn = self.clone();
-                r.submit(move |_| conn.on_readable(false));
+            Some(r) if !direct => {
+                // Weak: a reactor that has stopped drops its commands unrun,
+                // and must not keep the connection (and its socket) alive.
+                let conn = Arc::downgrade(self);
+                r.submit(move |_| {
+                    if let Some(conn) = conn.upgrade() {
+                        conn.on_readable(false);
+                    }
+                });
             }
             _ => self.on_readable(false),
         }
@@ -690,7 +714,7 @@ impl Conn {
     fn release(self: &Arc<Self>, bytes: usize) {
         if bytes > 0 {
             self.held.fetch_sub(bytes, Ordering::SeqCst);
-            self.resume_reads_if_relieved();
+            self.resume_reads_if_relieved(false);
         }
     }
 
@@ -767,14 +791,16 @@ impl Conn {
     /// drain (`on_writable`) or the handlers finish (`release`). Memory
     /// stays bounded, and the peer's own sends block, as TCP flow control
     /// makes them. Clients always read, so two foorpc peers cannot both stop.
+    ///
+    /// Once the peer's stream has ended, the deferred messages are still
+    /// handled (`close_if_drained` waits for them), but nothing is read.
     fn pump<'a>(self: &'a Arc<Self>, mut guard: MutexGuard<'a, ReadState>, mut wait: bool) {
         loop {
-            if self.draining.load(Ordering::SeqCst) {
-                return; // the stream has ended: nothing more to read
-            }
             if !guard.deferred.is_empty() && !self.backlog_too_large() {
                 let deferred = std::mem::take(&mut guard.deferred);
                 self.process_corked(deferred.into_iter(), &mut guard.deferred);
+                self.deferred_left
+                    .store(!guard.deferred.is_empty(), Ordering::SeqCst);
             }
             if self.backlog_too_large() {
                 // Published before the backlog is looked at again, so that
@@ -790,6 +816,12 @@ impl Conn {
             if !guard.deferred.is_empty() {
                 continue; // the uncork drained the replies: handle the rest
             }
+            if self.draining.load(Ordering::SeqCst) {
+                // The stream has ended: nothing more to read.
+                drop(guard);
+                self.close_if_drained();
+                return;
+            }
             self.read_wanted.store(false, Ordering::SeqCst);
             let mut batch = BATCH.with(Cell::take);
             let status = self.read_batch(&mut guard, &mut batch, std::mem::take(&mut wait));
@@ -800,15 +832,24 @@ impl Conn {
                 // gone (only try_lock is ever used on it, so this cannot deadlock).
                 self.process_corked(batch.drain(..), &mut guard.deferred);
                 if !guard.deferred.is_empty() {
+                    self.deferred_left.store(true, Ordering::SeqCst);
                     self.read_wanted.store(true, Ordering::SeqCst);
                 }
             }
             batch.shrink_to(KEPT_BATCH);
             BATCH.with(|kept| kept.set(batch));
+            let deferred_left = !guard.deferred.is_empty();
             drop(guard);
             match status {
                 ReadStatus::Open => {}
-                ReadStatus::Ended(e) => return self.close_after_replies(e),
+                ReadStatus::Ended(e) => {
+                    self.close_after_replies(e);
+                    // Messages deferred before the end are still handled:
+                    // the loop goes on to them.
+                    if !deferred_left || self.is_closed() {
+                        return;
+                    }
+                }
                 ReadStatus::Closed(e) => return self.close(e),
             }
             if !self.read_wanted.load(Ordering::SeqCst) {
@@ -1117,7 +1158,10 @@ impl Conn {
         if !self.draining.load(Ordering::SeqCst) {
             return false;
         }
-        if self.in_flight.load(Ordering::SeqCst) > 0 || lock(&self.write).pending() {
+        if self.in_flight.load(Ordering::SeqCst) > 0
+            || self.deferred_left.load(Ordering::SeqCst)
+            || lock(&self.write).pending()
+        {
             return false;
         }
         let reason = lock(&self.drain).as_ref().map(|(e, _)| e.clone());
@@ -1139,7 +1183,7 @@ impl Conn {
         let msgid = lock(&self.pending).insert(slot.clone())?;
         // A handler calling back to a peer whose requests paused the reading
         // must be able to read the reply.
-        self.resume_reads_if_relieved();
+        self.resume_reads_if_relieved(false);
         if let Some(d) = deadline {
             if self.deadlines_watched.load(Ordering::Acquire) {
                 self.wake_reactor_by(d);
@@ -1407,7 +1451,7 @@ fn decode_all(
     while used < data.len() {
         match dec.decode_with(&data[used..], raw_result)? {
             Some((msg, n)) => {
-                out.push((msg, n));
+                out.push((msg, n.max(dec.last_decoded_size())));
                 used += n;
             }
             None => break,

@@ -4,7 +4,8 @@
 //! cost about one message's worth of memory (`max_message_size` as it
 //! arrives, at most `max_decoded_size` once decoded), plus the replies it
 //! leaves unread (up to `max_write_backlog`) and the requests it has
-//! handlers work on (up to `max_request_backlog`), and its own connection.
+//! handlers work on (up to `max_request_backlog`, four times that while the
+//! server waits for its replies), and its own connection.
 
 /// Resource limits for a client or a server. Every field is configurable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,11 @@ pub struct Limits {
     /// [`DECODED_VALUE_SIZE`] bytes (40 on 64-bit targets), each str, bin
     /// and ext its length. Without it a message of one-byte items would
     /// take 40 times its size: 64 MiB of nils in one array, 2.5 GiB.
-    /// Checked from headers alone, before anything is allocated.
+    /// Checked from headers alone, before anything is allocated. A reply
+    /// that a C or Python client takes as MessagePack bytes counts the same
+    /// way (the Python client builds objects from them), and so do
+    /// caller-encoded params and results before they are sent. A message over
+    /// it breaks the connection, as one over `max_message_size` does.
     ///
     /// [`Value`]: crate::Value
     /// [`DECODED_VALUE_SIZE`]: crate::codec::DECODED_VALUE_SIZE
@@ -32,12 +37,18 @@ pub struct Limits {
     /// requests (its sends then block, as TCP flow control makes them) until
     /// the peer has read the queue down to half. One reply may exceed it.
     pub max_write_backlog: usize,
-    /// Bytes (as received) of requests a server holds for one peer while
-    /// its handlers work on them, notifications waiting for or running on
-    /// the worker pool included. Above it the server reads no more of that
+    /// Bytes of requests a server holds for one peer while its handlers
+    /// work on them (until answered, so a handler that keeps its responder
+    /// holds its request), notifications waiting for or running on the
+    /// worker pool included; each counts its size on the wire or decoded,
+    /// whichever is larger. Above it the server reads no more of that
     /// peer's messages until its handlers have finished down to half. One
-    /// message may exceed it. Not applied while the server waits for a
-    /// reply from that peer, so that a handler calling back gets its answer.
+    /// message may exceed it. While the server waits for a reply from that
+    /// peer (a handler calling back), up to four times it is allowed.
+    ///
+    /// A handler that waits for a later message from the same peer (an
+    /// acknowledgment, a cancel) waits in vain while reading is stopped:
+    /// keep what such handlers hold well under this limit.
     pub max_request_backlog: usize,
 }
 

@@ -168,6 +168,10 @@ fn a_peer_that_reads_no_replies_is_not_read_past_the_write_backlog() {
 /// How many of `started` have begun, once the count stops moving (at most 10 s).
 fn settled(started: &AtomicUsize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The first handler may take a while to start on a busy machine.
+    eventually(Duration::from_secs(10), || {
+        started.load(Ordering::SeqCst) > 0
+    });
     let mut last = usize::MAX;
     while Instant::now() < deadline {
         let now = started.load(Ordering::SeqCst);
@@ -210,15 +214,9 @@ fn send_while_held_back(
     sender
 }
 
-/// A peer whose requests wait on slow pool handlers is read no further once
-/// `max_request_backlog` bytes of them are held (a request over the limit
-/// still goes through, then reading stops): the pool does not take up every
-/// request the peer can send. Other connections are served, and once the
-/// handlers finish, every request is handled and answered.
-#[test]
-fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
-    let gate = Gate::new();
-    let started = Arc::new(AtomicUsize::new(0));
+/// calc_router plus `slow_len(bin)`, on the pool: counts itself in
+/// `started`, waits for the gate, then answers the bin's length.
+fn slow_len_router(gate: &Gate, started: &Arc<AtomicUsize>) -> Router {
     let mut router = calc_router();
     let (g, count) = (gate.clone(), started.clone());
     router.register("slow_len", Execution::Pool, move |req| {
@@ -231,6 +229,42 @@ fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
             .map_or(0, <[u8]>::len);
         req.responder.ok(Value::from(len));
     });
+    router
+}
+
+/// Reads `n` success replies in any order (pool handlers finish in any
+/// order), by msgid.
+fn replies_by_msgid(
+    raw: &mut RawPeer<std::net::TcpStream>,
+    n: u32,
+) -> std::collections::HashMap<u32, Value> {
+    let mut replies = std::collections::HashMap::new();
+    for _ in 0..n {
+        match raw.expect_msg() {
+            foorpc::Message::Response {
+                msgid,
+                error,
+                result,
+            } => {
+                assert_eq!(error, Value::Nil, "reply {msgid}");
+                replies.insert(msgid, result);
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+    replies
+}
+
+/// A peer whose requests wait on slow pool handlers is read no further once
+/// `max_request_backlog` bytes of them are held (a request over the limit
+/// still goes through, then reading stops): the pool does not take up every
+/// request the peer can send. Other connections are served, and once the
+/// handlers finish, every request is handled and answered.
+#[test]
+fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let router = slow_len_router(&gate, &started);
     let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
     let mut raw = RawPeer::connect(&tcp_host_port(&server));
     let requests: Vec<u8> = (0..HELD_MESSAGES)
@@ -247,20 +281,7 @@ fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
     assert_eq!(other.call::<i64>("add", (1, 2)).unwrap(), 3);
 
     gate.open();
-    let mut replies = std::collections::HashMap::new();
-    for _ in 0..HELD_MESSAGES {
-        match raw.expect_msg() {
-            foorpc::Message::Response {
-                msgid,
-                error,
-                result,
-            } => {
-                assert_eq!(error, Value::Nil, "reply {msgid}");
-                replies.insert(msgid, result);
-            }
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
+    let replies = replies_by_msgid(&mut raw, HELD_MESSAGES);
     for i in 0..HELD_MESSAGES {
         assert_eq!(
             replies.get(&i),
@@ -316,13 +337,119 @@ fn notifications_queued_for_the_pool_stop_reading_past_the_request_backlog() {
     drop(raw);
 }
 
-/// Held requests do not stop reading while the server waits for replies
-/// from the same peer: handlers that call back get their answers, however
-/// much the peer's requests weigh.
+/// Requests held back at the request backlog are still answered when the
+/// peer ends its stream right after them: nothing it sent is lost. The
+/// server's event loop is kept busy while the peer sends, so that the
+/// requests and the end of the stream are read in one batch.
 #[test]
-fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
+fn requests_held_back_when_the_peer_ends_its_stream_are_all_answered() {
+    const PARAM: usize = 6 * 1024;
+    const N: u32 = 10; // 60 KiB: four times the limit, one read
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut router = slow_len_router(&gate, &started);
+    router.method_inline("stall_loop", |_| {
+        thread::sleep(Duration::from_millis(500));
+        Ok(Value::Nil)
+    });
+    let limits = Limits {
+        max_request_backlog: 16 * 1024,
+        ..Limits::default()
+    };
+    let server = start_with(router, "tcp://127.0.0.1:0", limits);
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    assert!(eventually(PROMPT, || server.connection_count() == 1));
+    let address = server.local_addr().to_string();
+    let staller = thread::spawn(move || {
+        let c = Client::connect(&address).unwrap();
+        c.call_value("stall_loop", &[], CALL).unwrap();
+    });
+    thread::sleep(Duration::from_millis(150)); // the event loop is asleep in stall_loop
+    let requests: Vec<u8> = (0..N)
+        .flat_map(|i| request_bytes(i, "slow_len", &[Value::Binary(vec![1; PARAM])]))
+        .collect();
+    raw.send(&requests);
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    staller.join().unwrap();
+    let before = settled(&started);
+    assert!(before < N as usize, "{before} of {N} handlers started");
+    gate.open();
+    let replies = replies_by_msgid(&mut raw, N);
+    assert_eq!(replies.len(), N as usize);
+    assert!(
+        replies.values().all(|r| *r == Value::from(PARAM)),
+        "{replies:?}"
+    );
+    assert!(raw.expect_closed_within(Duration::from_secs(5)).is_empty());
+}
+
+/// Handlers that keep their responder hold their request until they answer.
+/// Answering from another connection's inline handler resumes the paused
+/// peer on the event loop, later: never inside the handler that answered.
+#[test]
+fn a_paused_peer_resumes_outside_the_handler_that_relieved_it() {
+    static PUBLISHING: AtomicBool = AtomicBool::new(false);
+    let parked = Arc::new(Mutex::new(Vec::<foorpc::Responder>::new()));
+    let nested = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
     let mut router = calc_router();
-    router.register("len_via_client", Execution::Pool, |req| {
+    let (p, n, count) = (parked.clone(), nested.clone(), started.clone());
+    router.register("park", Execution::Inline, move |req| {
+        count.fetch_add(1, Ordering::SeqCst);
+        if PUBLISHING.load(Ordering::SeqCst) {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+        p.lock().unwrap().push(req.responder);
+    });
+    let p = parked.clone();
+    router.register("publish", Execution::Inline, move |req| {
+        let waiting = std::mem::take(&mut *p.lock().unwrap());
+        PUBLISHING.store(true, Ordering::SeqCst);
+        let answered = waiting.len();
+        for r in waiting {
+            r.ok(Value::from("published"));
+        }
+        PUBLISHING.store(false, Ordering::SeqCst);
+        req.responder.ok(Value::from(answered));
+    });
+    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    const N: u32 = 20;
+    let requests: Vec<u8> = (0..N)
+        .flat_map(|i| request_bytes(i, "park", &[Value::Binary(vec![1; HELD_PARAM])]))
+        .collect();
+    raw.send(&requests);
+    let before = settled(&started);
+    assert!(
+        before < N as usize,
+        "{before} of {N} requests parked at once"
+    );
+    let publisher = Client::connect(&server.local_addr().to_string()).unwrap();
+    let mut published = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published < N as u64 && Instant::now() < deadline {
+        published += publisher.call::<u64>("publish", ()).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(published, N as u64);
+    for _ in 0..N {
+        let msg = raw.expect_msg();
+        assert!(matches!(msg, foorpc::Message::Response { .. }), "{msg:?}");
+    }
+    assert_eq!(
+        nested.load(Ordering::SeqCst),
+        0,
+        "handlers ran inside publish"
+    );
+}
+
+/// A server whose `len_via_client(bin)` calls the client's `twice(len)`
+/// (waiting up to `wait`) and answers with that; `started` counts handlers.
+fn calling_back_server(wait: Duration, started: &Arc<AtomicUsize>) -> Server {
+    let mut router = calc_router();
+    let count = started.clone();
+    router.register("len_via_client", Execution::Pool, move |req| {
+        count.fetch_add(1, Ordering::SeqCst);
         let len = req
             .params
             .first()
@@ -330,10 +457,18 @@ fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
             .map_or(0, <[u8]>::len);
         let r = req
             .peer
-            .call_value("twice", &[Value::from(len)], Some(Duration::from_secs(10)));
+            .call_value("twice", &[Value::from(len)], Some(wait));
         req.responder.respond(r);
     });
-    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    start_with(router, "tcp://127.0.0.1:0", request_backlog_limits())
+}
+
+/// Held requests do not stop reading while the server waits for replies
+/// from the same peer, up to `CALLBACK_ALLOWANCE` (4) times the limit:
+/// handlers that call back get their answers.
+#[test]
+fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
+    let server = calling_back_server(Duration::from_secs(10), &Arc::default());
     let mut client_router = Router::new();
     client_router.method_inline("twice", |params| {
         Ok(Value::from(
@@ -344,7 +479,8 @@ fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
         .router(client_router)
         .connect(&server.local_addr().to_string())
         .unwrap();
-    let calls: Vec<_> = (0..40)
+    // 12 x 64 KiB: three times the limit.
+    let calls: Vec<_> = (0..12)
         .map(|i| {
             let bin = Value::Binary(vec![3; HELD_PARAM + i]);
             client
@@ -360,6 +496,31 @@ fn handlers_calling_back_get_their_replies_past_the_request_backlog() {
             "call {i}"
         );
     }
+}
+
+/// A peer that never answers the server's calls cannot lift the limit:
+/// past four times it, reading stops all the same.
+#[test]
+fn a_peer_ignoring_callbacks_is_not_read_past_four_times_the_request_backlog() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let server = calling_back_server(Duration::from_secs(3), &started);
+    let raw = RawPeer::connect(&tcp_host_port(&server));
+    let requests: Vec<u8> = (0..HELD_MESSAGES)
+        .flat_map(|i| request_bytes(i, "len_via_client", &[Value::Binary(vec![4; HELD_PARAM])]))
+        .collect();
+    let mut writer = raw.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let _ = writer.write_all(&requests); // the server closes it in the end
+    });
+    let before = settled(&started);
+    let most = 4 * HELD_LIMIT / HELD_PARAM + 1;
+    assert!(
+        (HELD_LIMIT / HELD_PARAM + 1..=most).contains(&before),
+        "{before} handlers started while waiting on the peer (allowed: {most})"
+    );
+    drop(raw);
+    drop(server);
+    sender.join().unwrap();
 }
 
 #[test]
@@ -427,6 +588,40 @@ fn client_limits_apply_to_replies() {
         other => panic!("{other:?}"),
     }
     assert!(client.is_closed());
+
+    // nils(2000): small on the wire (2 KB), too large decoded for this
+    // client (80 KB); a reply taken as MessagePack bytes counts the same way.
+    let mut router = calc_router();
+    router.method_inline("nils", |params| {
+        let n = params.first().and_then(Value::as_u64).unwrap_or(0) as usize;
+        Ok(Value::Array(vec![Value::Nil; n]))
+    });
+    let nils_server = start_tcp(router);
+    let small_decoded = Limits {
+        max_decoded_size: 64 * 1024,
+        ..Limits::default()
+    };
+    for raw in [false, true] {
+        let client = Client::builder()
+            .limits(small_decoded.clone())
+            .connect(&nils_server.local_addr().to_string())
+            .unwrap();
+        assert_eq!(client.call::<Vec<()>>("nils", (100,)).unwrap().len(), 100);
+        let outcome = if raw {
+            client
+                .call_encoded("nils", &[0x91, 0xcd, 0x07, 0xd0], CALL)
+                .map(|_| ())
+        } else {
+            client
+                .call_value("nils", &[Value::from(2000)], CALL)
+                .map(|_| ())
+        };
+        match outcome {
+            Err(Error::Protocol(m)) => assert!(m.contains("decoded"), "{m}"),
+            other => panic!("raw {raw}: {other:?}"),
+        }
+        assert!(client.is_closed());
+    }
 
     // Too deep for this client.
     let client = Client::builder()

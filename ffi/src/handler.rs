@@ -16,8 +16,9 @@ use crate::server::foorpc_responder;
 /// the handler on foorpc's worker pool (the default, 0). It may block
 /// (including blocking calls back to the peer with foorpc_peer_call);
 /// handlers of concurrent requests run at the same time on different threads.
-/// A server reads no more from a peer whose requests and pool notifications
-/// waiting on handlers add up to 16 MiB, until they are down to half.
+/// A server reads no more from a peer whose requests waiting on handlers
+/// (answered or not by handlers that keep their responder) and pool
+/// notifications add up to more than 16 MiB, until they are down to half.
 pub const FOORPC_HANDLER_POOL: u32 = 0;
 /// Flag for foorpc_server_register* and foorpc_client_options_register*: run
 /// the handler on the I/O thread that read the message: no thread hand-off,
