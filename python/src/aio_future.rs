@@ -27,6 +27,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::aio_await::await_iter;
 use crate::convert;
 use crate::errors::Error;
+use crate::interpreter;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -566,7 +567,7 @@ impl Completions {
             !std::mem::replace(&mut q.draining, true)
         };
         if schedule {
-            Python::attach(|py| {
+            interpreter::attach(|py| {
                 let scheduled = this
                     .get()
                     .call_soon_threadsafe

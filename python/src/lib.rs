@@ -11,6 +11,7 @@ mod client;
 mod cmethod;
 mod convert;
 mod errors;
+mod interpreter;
 mod server;
 
 #[pyo3::pymodule(gil_used = false)]
@@ -35,6 +36,7 @@ mod _native {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::aio_protocol::install(&m.py().get_type::<CallFuture>())?;
         crate::aio_client::install(&m.py().get_type::<AsyncClient>())?;
+        crate::interpreter::install(m)?;
         Ok(())
     }
 }

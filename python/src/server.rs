@@ -12,6 +12,7 @@ use pyo3::types::PyTuple;
 use crate::client::{seconds, Peer};
 use crate::convert;
 use crate::errors::{self, Error};
+use crate::interpreter;
 
 /// A Python callable registered as a method or notification handler.
 #[derive(Clone)]
@@ -86,13 +87,15 @@ fn run_method(h: &Handler, req: Request) {
         ..
     } = req;
     convert::with_buffer(|buf| {
-        let ok = Python::attach(|py| {
+        let Some(ok) = interpreter::attach(|py| {
             let result = h
                 .args(py, params, peer)
                 .and_then(|args| h.func.bind(py).call1(args))
                 .and_then(|out| convert::encode(&out, buf, 0));
             encode_outcome(py, result, buf)
-        });
+        }) else {
+            return; // the process is exiting: the dropped responder answers
+        };
         // Sent with the GIL released. The bytes are valid MessagePack; the
         // core still answers (with an error) if they break the limits.
         let _ = if ok {
@@ -131,7 +134,7 @@ fn run_deferred(h: &Handler, req: Request) {
         responder,
         ..
     } = req;
-    Python::attach(|py| {
+    interpreter::attach(|py| {
         let args = match h.args(py, params, peer) {
             Ok(a) => a,
             Err(e) => return answer_exception(py, responder, &e),
@@ -143,7 +146,7 @@ fn run_deferred(h: &Handler, req: Request) {
         if let Err(e) = h.func.bind(py).call1((r.clone(), args)) {
             r.get().send_exception(py, &e);
         }
-    })
+    });
 }
 
 fn run_notification(h: &Handler, n: Notification) {
@@ -152,7 +155,7 @@ fn run_notification(h: &Handler, n: Notification) {
         params,
         peer,
     } = n;
-    Python::attach(|py| {
+    interpreter::attach(|py| {
         let args = match h.args(py, params, peer) {
             Ok(args) => args,
             // The peer's fault, with nobody to answer: logged like a
@@ -163,7 +166,7 @@ fn run_notification(h: &Handler, n: Notification) {
         if let Err(e) = h.func.bind(py).call1(args) {
             e.write_unraisable(py, Some(h.func.bind(py)));
         }
-    })
+    });
 }
 
 /// Logs on the `foorpc` logger that a notification whose params cannot

@@ -1,0 +1,66 @@
+//! Python from foorpc's own threads (the I/O thread and the worker pool),
+//! which may still be running while the process exits.
+//!
+//! CPython ends a foreign thread that holds or waits for the GIL once the
+//! interpreter is finalizing (`pthread_exit`, whose forced unwind aborts
+//! the process when it meets Rust's `catch_unwind`), and PyO3 panics when
+//! the GIL is asked for after finalization. So an `atexit` hook, which runs
+//! before finalization starts, stops foorpc's threads from entering Python
+//! and waits (GIL released, for at most [`EXIT_WAIT`]) for those inside to
+//! leave. A handler or a completion that comes later is dropped instead: a
+//! request's responder, dropped, answers with an error.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+/// Longest the exit waits for handlers and completions running in Python.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Set by the `atexit` hook: from then on foorpc's threads leave Python alone.
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// foorpc threads inside [`attach`] (running Python, or waiting for the GIL).
+static INSIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// The `atexit` hook.
+#[pyfunction]
+fn wait_for_foorpc_threads(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + EXIT_WAIT;
+        while INSIDE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+/// Registers the `atexit` hook (at module import).
+pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let hook = wrap_pyfunction!(wait_for_foorpc_threads, m)?;
+    m.py().import("atexit")?.call_method1("register", (hook,))?;
+    Ok(())
+}
+
+struct Inside;
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        INSIDE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` with the GIL on one of foorpc's threads, unless the process is
+/// exiting (then `None`: nothing runs).
+pub fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    // Counted before EXITING is read, and the hook sets EXITING before it
+    // reads the count: either this thread sees the exit, or the hook waits.
+    INSIDE.fetch_add(1, Ordering::SeqCst);
+    let _inside = Inside;
+    // SAFETY: Py_IsInitialized only reads the runtime's state; it may be
+    // called without the GIL, even after finalization.
+    if EXITING.load(Ordering::SeqCst) || unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+        return None;
+    }
+    Some(Python::attach(f))
+}

@@ -1,0 +1,64 @@
+"""The process exits cleanly while foorpc's own threads are running Python:
+a pool handler in the middle of its work when the main thread returns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+SLEEPING_HANDLER = textwrap.dedent(
+    """
+    import socket, sys, time
+    import foorpc
+
+    class SlowToDie:
+        # Collected while the interpreter finalizes: its sleep lets other
+        # threads ask for the GIL then.
+        def __del__(self, sleep=time.sleep) -> None:
+            sleep(1.0)
+
+    # Only in a cycle: left to the collection the interpreter makes once it
+    # is finalizing (the collector is off until then).
+    import gc
+    gc.disable()
+    keeper = SlowToDie()
+    keeper.me = keeper
+    del keeper
+    server = foorpc.Server()
+
+    @server.method
+    def slow() -> int:
+        time.sleep(0.4)  # the GIL is released here, and taken back at the end
+        return 1
+
+    host, port = server.bind("tcp://127.0.0.1:0").rsplit("//", 1)[1].rsplit(":", 1)
+    server.start()
+    raw = socket.create_connection((host, int(port)))
+    raw.sendall(b"\\x94\\x00\\x01\\xa4slow\\x90")  # [0, 1, "slow", []]
+    time.sleep(0.15)  # the handler is asleep now
+    print("main thread done", flush=True)
+    """
+)
+
+
+def run(script: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_exit_while_a_pool_handler_runs_waits_for_it() -> None:
+    # Without the wait at exit, the worker thread taking the GIL back met a
+    # finalizing interpreter: CPython ended it with pthread_exit, whose forced
+    # unwind aborted the process (exit status -6, "Fatal Python error").
+    t = time.monotonic()
+    done = run(SLEEPING_HANDLER)
+    took = time.monotonic() - t
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "main thread done" in done.stdout
+    for bad in ("Fatal Python error", "panicked", "Traceback"):
+        assert bad not in output, output
+    assert took < 30, f"exit took {took:.1f} s"
