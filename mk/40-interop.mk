@@ -11,3 +11,4 @@ build-interop: build-rust build-c build-python
 test-interop: build-interop
 	$(PYTHON) tests/interop/matrix.py
 	$(PYTHON) tests/interop/hostile.py
+	$(PYTHON) tests/interop/hostile_server.py
