@@ -48,6 +48,50 @@
 #define FOORPC_HANDLER_INLINE 1
 
 /**
+ * Largest message accepted from a peer, in bytes as sent (default 64 MiB).
+ */
+#define FOORPC_LIMIT_MAX_MESSAGE_SIZE 1
+
+/**
+ * Most memory one message may take once decoded: 40 bytes per array
+ * element and per map key or value, plus the bytes of its strs, bins and
+ * exts (default 256 MiB). Replies a C client receives as bytes count too.
+ */
+#define FOORPC_LIMIT_MAX_DECODED_SIZE 2
+
+/**
+ * Deepest nesting of arrays and maps in a message, the message's own array
+ * counting as 1 (default 128).
+ */
+#define FOORPC_LIMIT_MAX_DEPTH 3
+
+/**
+ * Requests from one peer handled at once; more get an error reply
+ * (default 4096).
+ */
+#define FOORPC_LIMIT_MAX_IN_FLIGHT 4
+
+/**
+ * Connections a server holds at once; more are closed on accept
+ * (default 4096).
+ */
+#define FOORPC_LIMIT_MAX_CONNECTIONS 5
+
+/**
+ * Bytes of replies a server queues for a peer that does not read them
+ * before it reads no more of that peer's requests (default 8 MiB).
+ */
+#define FOORPC_LIMIT_MAX_WRITE_BACKLOG 6
+
+/**
+ * Bytes of a peer's requests (and pool notifications) a server holds while
+ * handlers work on them before it reads no more from that peer
+ * (default 16 MiB; up to four times that while a handler waits for a reply
+ * from that peer).
+ */
+#define FOORPC_LIMIT_MAX_REQUEST_BACKLOG 7
+
+/**
  * Major version of the foorpc header (the library's version is foorpc_version()).
  */
 #define FOORPC_VERSION_MAJOR 0
@@ -234,12 +278,15 @@ typedef struct foorpc_client foorpc_client;
 
 /**
  * Options for foorpc_client_connect_with: the handlers of requests and
- * notifications the server sends to the client (over the same connection).
+ * notifications the server sends to the client (over the same connection),
+ * and the limits the client applies to what the server sends.
  *
- * Built with foorpc_client_options_new and foorpc_client_options_register*,
- * freed with foorpc_client_options_free. foorpc_client_connect_with copies
- * the handlers, so one options object may serve any number of connections
- * and may be freed (or changed, for later connections only) once connected.
+ * Built with foorpc_client_options_new, foorpc_client_options_register*
+ * and foorpc_client_options_set_limit, freed with
+ * foorpc_client_options_free. foorpc_client_connect_with copies the
+ * handlers and limits, so one options object may serve any number of
+ * connections and may be freed (or changed, for later connections only)
+ * once connected.
  * Thread-safe (registration is serialized).
  */
 typedef struct foorpc_client_options foorpc_client_options;
@@ -450,6 +497,19 @@ foorpc_result foorpc_client_options_register_notification_fallback(const struct 
                                                                    foorpc_notification_callback callback,
                                                                    void *userdata,
                                                                    uint32_t flags);
+
+/**
+ * Sets one of the limits a client connected with these options applies to
+ * what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
+ * least 1 (see each constant for its meaning and default;
+ * FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
+ * FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
+ * Like the handlers, the limits are copied when a client connects. Errors:
+ * FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
+ */
+foorpc_result foorpc_client_options_set_limit(const struct foorpc_client_options *options,
+                                              uint32_t limit,
+                                              uint64_t value);
 
 /**
  * Frees client options. Clients connected with them keep their handlers.
@@ -967,6 +1027,15 @@ foorpc_result foorpc_server_register_notification_fallback(struct foorpc_server 
  * foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
  * replaced; the file is removed when the server stops). NUL-terminated,
  * not retained. May be called several times to serve several addresses.
+ * Sets one of the limits the server applies to its clients: `limit` is a
+ * FOORPC_LIMIT_* constant, `value` at least 1 (see each constant for its
+ * meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
+ * limit, or 0), FOORPC_RESULT_INVALID_STATE once the server has started.
+ * Any thread.
+ */
+foorpc_result foorpc_server_set_limit(struct foorpc_server *server, uint32_t limit, uint64_t value);
+
+/**
  * Connections are accepted once the server starts.
  *
  * Errors: FOORPC_RESULT_INVALID_ADDRESS, FOORPC_RESULT_IO (e.g. address in

@@ -4,7 +4,7 @@
 use std::os::raw::{c_char, c_void};
 use std::sync::{Mutex, PoisonError};
 
-use foorpc::{Client, Router};
+use foorpc::{Client, Limits, Router};
 
 use crate::buf::foorpc_buf;
 use crate::error::{fail_with, foorpc_result};
@@ -23,15 +23,19 @@ pub struct foorpc_client {
 }
 
 /// Options for foorpc_client_connect_with: the handlers of requests and
-/// notifications the server sends to the client (over the same connection).
+/// notifications the server sends to the client (over the same connection),
+/// and the limits the client applies to what the server sends.
 ///
-/// Built with foorpc_client_options_new and foorpc_client_options_register*,
-/// freed with foorpc_client_options_free. foorpc_client_connect_with copies
-/// the handlers, so one options object may serve any number of connections
-/// and may be freed (or changed, for later connections only) once connected.
+/// Built with foorpc_client_options_new, foorpc_client_options_register*
+/// and foorpc_client_options_set_limit, freed with
+/// foorpc_client_options_free. foorpc_client_connect_with copies the
+/// handlers and limits, so one options object may serve any number of
+/// connections and may be freed (or changed, for later connections only)
+/// once connected.
 /// Thread-safe (registration is serialized).
 pub struct foorpc_client_options {
     router: Mutex<Router>,
+    limits: Mutex<Limits>,
 }
 
 impl Handlers for foorpc_client_options {
@@ -52,6 +56,7 @@ pub extern "C" fn foorpc_client_options_new(
         let out = try_mut!(options_out);
         *out = Box::into_raw(Box::new(foorpc_client_options {
             router: Mutex::new(Router::new()),
+            limits: Mutex::new(Limits::default()),
         }));
         foorpc_result::Ok
     }
@@ -137,6 +142,29 @@ pub extern "C" fn foorpc_client_options_register_notification_fallback(
     }
 }
 
+/// Sets one of the limits a client connected with these options applies to
+/// what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
+/// least 1 (see each constant for its meaning and default;
+/// FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
+/// FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
+/// Like the handlers, the limits are copied when a client connects. Errors:
+/// FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_client_options_set_limit(
+    options: *const foorpc_client_options,
+    limit: u32,
+    value: u64,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let options = try_ref!(options);
+        let mut limits = options.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        match crate::limits::set(&mut limits, limit, value) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
 /// Frees client options. Clients connected with them keep their handlers.
 /// NULL is fine. Must be called once, when no other thread uses them.
 #[no_mangle]
@@ -188,7 +216,9 @@ pub extern "C" fn foorpc_client_connect_with(
             .connect_timeout(timeout(timeout_ms, foorpc::DEFAULT_CONNECT_TIMEOUT));
         // SAFETY: NULL or live options (the caller's contract).
         if let Some(o) = unsafe { options.as_ref() } {
-            builder = builder.router(o.router.lock().unwrap_or_else(PoisonError::into_inner).clone());
+            builder = builder
+                .router(o.router.lock().unwrap_or_else(PoisonError::into_inner).clone())
+                .limits(o.limits.lock().unwrap_or_else(PoisonError::into_inner).clone());
         }
         match builder.connect(address) {
             Ok(inner) => {

@@ -22,6 +22,8 @@
 //! - `server`: `foorpc_server_*` and `foorpc_responder_*`;
 //! - `handler`: the handler callbacks and flags, shared by servers and
 //!   client options;
+//! - `limits`: the `FOORPC_LIMIT_*` names of the limits servers and clients
+//!   apply to their peers;
 //! - `peer`: `foorpc_peer_*` (a connection, as handlers see it) and the
 //!   calling machinery shared with clients;
 //! - `version`: `foorpc_version()` and the version macros.
@@ -39,6 +41,7 @@ pub mod buf;
 pub mod client;
 pub mod error;
 pub mod handler;
+pub mod limits;
 pub mod msgpack;
 pub mod peer;
 pub mod server;

@@ -10,7 +10,7 @@ use std::os::raw::{c_char, c_void};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use foorpc::transport::{Address, Listener};
-use foorpc::{Error, Peer, Responder, Router, Server, Value};
+use foorpc::{Error, Limits, Peer, Responder, Router, Server, Value};
 
 use crate::error::{fail, fail_with, foorpc_result};
 use crate::handler::{
@@ -35,6 +35,7 @@ struct Shared {
 enum State {
     Building {
         router: Router,
+        limits: Limits,
         listeners: Vec<Listener>,
         addrs: Vec<Address>,
     },
@@ -99,6 +100,7 @@ impl Shared {
         }
         let State::Building {
             router,
+            limits,
             listeners,
             addrs,
         } = std::mem::take(st)
@@ -107,7 +109,9 @@ impl Shared {
         };
         let builder = listeners
             .into_iter()
-            .fold(Server::builder().router(router), |b, l| b.listener(l));
+            .fold(Server::builder().router(router).limits(limits), |b, l| {
+                b.listener(l)
+            });
         match builder.start() {
             Ok(server) => {
                 *st = State::Running {
@@ -167,6 +171,7 @@ pub extern "C" fn foorpc_server_new(server_out: *mut *mut foorpc_server) -> foor
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Building {
                 router: Router::new(),
+                limits: Limits::default(),
                 listeners: Vec::new(),
                 addrs: Vec::new(),
             }),
@@ -277,6 +282,33 @@ pub extern "C" fn foorpc_server_register_notification_fallback(
 /// foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
 /// replaced; the file is removed when the server stops). NUL-terminated,
 /// not retained. May be called several times to serve several addresses.
+/// Sets one of the limits the server applies to its clients: `limit` is a
+/// FOORPC_LIMIT_* constant, `value` at least 1 (see each constant for its
+/// meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
+/// limit, or 0), FOORPC_RESULT_INVALID_STATE once the server has started.
+/// Any thread.
+#[no_mangle]
+pub extern "C" fn foorpc_server_set_limit(
+    server: *mut foorpc_server,
+    limit: u32,
+    value: u64,
+) -> foorpc_result {
+    ffi_panic_boundary! {
+        let server = try_ref!(server);
+        let mut st = server.shared.lock();
+        let State::Building { limits, .. } = &mut *st else {
+            return fail(
+                foorpc_result::InvalidState,
+                "limits must be set before the server starts",
+            );
+        };
+        match crate::limits::set(limits, limit, value) {
+            Ok(()) => foorpc_result::Ok,
+            Err(code) => code,
+        }
+    }
+}
+
 /// Connections are accepted once the server starts.
 ///
 /// Errors: FOORPC_RESULT_INVALID_ADDRESS, FOORPC_RESULT_IO (e.g. address in

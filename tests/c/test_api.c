@@ -1277,6 +1277,81 @@ static void test_run_and_stop(void) {
     passed++;
 }
 
+/* Inline: answers an array of (param0) nils. */
+static void h_nils(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_reader *r = NULL;
+    foorpc_writer *w = NULL;
+    uint32_t n = 0;
+    int64_t count = 0;
+    foorpc_reader_new(params, len, &r);
+    foorpc_reader_read_array(r, &n);
+    foorpc_reader_read_int(r, &count);
+    foorpc_reader_free(r);
+    foorpc_writer_new(&w);
+    foorpc_writer_array(w, (uint32_t)count);
+    for (int64_t i = 0; i < count; i++) foorpc_writer_nil(w);
+    foorpc_responder_ok(resp, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+}
+
+static void test_limits(void) {
+    foorpc_server *s = NULL;
+    foorpc_client_options *o = NULL;
+    foorpc_client *c = NULL;
+    foorpc_writer *w = NULL;
+    char addr[128];
+    uint8_t big[300] = {0};
+
+    CHECK(foorpc_server_set_limit(NULL, FOORPC_LIMIT_MAX_DEPTH, 8) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    OK(foorpc_server_new(&s));
+    CHECK(foorpc_server_set_limit(s, 99, 8) == FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_server_set_limit(s, FOORPC_LIMIT_MAX_DEPTH, 0) == FOORPC_RESULT_INVALID_ARGUMENT);
+    OK(foorpc_server_set_limit(s, FOORPC_LIMIT_MAX_MESSAGE_SIZE, 256));
+    OK(foorpc_server_register(s, "add", h_add, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "nils", h_nils, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_bind(s, "tcp://127.0.0.1:0"));
+    OK(foorpc_server_start(s));
+    CHECK(foorpc_server_set_limit(s, FOORPC_LIMIT_MAX_MESSAGE_SIZE, 100) ==
+          FOORPC_RESULT_INVALID_STATE);
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+
+    /* A request over the server's 256-byte limit closes that connection. */
+    OK(foorpc_client_connect(addr, 2000, &c));
+    OK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x02", 3, 0, NULL));
+    OK(foorpc_writer_new(&w));
+    foorpc_writer_array(w, 2);
+    foorpc_writer_bin(w, big, sizeof big);
+    foorpc_writer_int(w, 1);
+    CHECK(foorpc_result_is_connection_error(
+        foorpc_client_call(c, "add", foorpc_writer_data(w), foorpc_writer_len(w), 2000, NULL)));
+    CHECK(!foorpc_client_is_connected(c));
+    foorpc_client_free(c);
+    /* Other connections go on. */
+    OK(foorpc_client_connect(addr, 2000, &c));
+    OK(foorpc_client_call(c, "add", (const uint8_t *)"\x92\x01\x02", 3, 0, NULL));
+    foorpc_client_free(c);
+
+    /* A client's limits apply to what the server sends it: 10 nils cost
+       4 x 40 + 10 x 40 bytes decoded, 200 nils 8,160, over 4,096. */
+    OK(foorpc_client_options_new(&o));
+    CHECK(foorpc_client_options_set_limit(o, 0, 1) == FOORPC_RESULT_INVALID_ARGUMENT);
+    OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_DECODED_SIZE, 4096));
+    OK(foorpc_client_connect_with(addr, 2000, o, &c));
+    foorpc_client_options_free(o);
+    OK(foorpc_client_call(c, "nils", (const uint8_t *)"\x91\x0a", 2, 0, NULL));
+    CHECK(foorpc_client_call(c, "nils", (const uint8_t *)"\x91\xcc\xc8", 3, 2000, NULL) ==
+          FOORPC_RESULT_PROTOCOL);
+    CHECK(!foorpc_client_is_connected(c));
+    foorpc_client_free(c);
+    foorpc_writer_free(w);
+    OK(foorpc_server_stop(s));
+    foorpc_server_free(s);
+    passed++;
+}
+
 int main(void) {
     char unix_addr[128];
     test_version();
@@ -1292,6 +1367,7 @@ int main(void) {
     snprintf(unix_addr, sizeof unix_addr, "unix:///tmp/foorpc-test-peers-%ld.sock", (long)getpid());
     test_peers(unix_addr);
     test_run_and_stop();
+    test_limits();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
