@@ -515,8 +515,8 @@ fn in_another_loop() -> PyErr {
 impl AsyncClient {
     #[new]
     #[pyo3(
-        signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None),
-        text_signature = "(address, *, connect_timeout=10.0, timeout=30.0, handlers=None, notification_handlers=None)"
+        signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None, limits = None),
+        text_signature = "(address, *, connect_timeout=10.0, timeout=30.0, handlers=None, notification_handlers=None, limits=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -525,6 +525,7 @@ impl AsyncClient {
         timeout: Option<f64>,
         handlers: Option<&Bound<'_, PyDict>>,
         notification_handlers: Option<&Bound<'_, PyDict>>,
+        limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let serves = handlers.is_some_and(|h| !h.is_empty())
             || notification_handlers.is_some_and(|h| !h.is_empty());
@@ -536,6 +537,7 @@ impl AsyncClient {
                 timeout,
                 handlers,
                 notification_handlers,
+                limits,
             )?,
             serves,
             driver: Mutex::new(None),

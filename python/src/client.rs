@@ -112,6 +112,7 @@ impl Connection {
         timeout: Option<f64>,
         handlers: Option<&Bound<'_, PyDict>>,
         notification_handlers: Option<&Bound<'_, PyDict>>,
+        limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Connection> {
         let default_timeout = default_timeout_arg(timeout)?;
         let connect_timeout =
@@ -134,6 +135,7 @@ impl Connection {
         let builder = foorpc::Client::builder()
             .connect_timeout(connect_timeout)
             .call_timeout(default_timeout)
+            .limits(crate::limits::from_dict(limits)?)
             .router(router);
         let addr = address.clone();
         let inner = py.detach(move || builder.connect(&addr)).map_err(Error)?;
@@ -197,8 +199,8 @@ pub struct Client {
 impl Client {
     #[new]
     #[pyo3(
-        signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None),
-        text_signature = "(address, *, connect_timeout=10.0, timeout=30.0, handlers=None, notification_handlers=None)"
+        signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None, limits = None),
+        text_signature = "(address, *, connect_timeout=10.0, timeout=30.0, handlers=None, notification_handlers=None, limits=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -207,6 +209,7 @@ impl Client {
         timeout: Option<f64>,
         handlers: Option<&Bound<'_, PyDict>>,
         notification_handlers: Option<&Bound<'_, PyDict>>,
+        limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         Ok(Client {
             conn: Connection::open(
@@ -216,6 +219,7 @@ impl Client {
                 timeout,
                 handlers,
                 notification_handlers,
+                limits,
             )?,
         })
     }

@@ -12,6 +12,7 @@ mod cmethod;
 mod convert;
 mod errors;
 mod interpreter;
+mod limits;
 mod server;
 
 #[pyo3::pymodule(gil_used = false)]
@@ -37,6 +38,7 @@ mod _native {
         crate::aio_protocol::install(&m.py().get_type::<CallFuture>())?;
         crate::aio_client::install(&m.py().get_type::<AsyncClient>())?;
         crate::interpreter::install(m)?;
+        m.add("DEFAULT_LIMITS", crate::limits::defaults(m.py())?)?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use foorpc::{Execution, Notification, Request, Router, Value};
 use pyo3::exceptions::PyBaseException;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::client::{seconds, Peer};
 use crate::convert;
@@ -298,10 +298,14 @@ fn not_running(st: &State) -> PyResult<()> {
 impl ServerCore {
     #[new]
     #[pyo3(
-        signature = (*, timeout = Some(30.0), drain_timeout = 10.0),
-        text_signature = "(*, timeout=30.0, drain_timeout=10.0)"
+        signature = (*, timeout = Some(30.0), drain_timeout = 10.0, limits = None),
+        text_signature = "(*, timeout=30.0, drain_timeout=10.0, limits=None)"
     )]
-    fn new(timeout: Option<f64>, drain_timeout: f64) -> PyResult<Self> {
+    fn new(
+        timeout: Option<f64>,
+        drain_timeout: f64,
+        limits: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let call_timeout = match timeout {
             None => None,
             Some(s) => seconds(s)?,
@@ -309,7 +313,8 @@ impl ServerCore {
         let drain = seconds(drain_timeout)?.unwrap_or(Duration::from_secs(u32::MAX as u64));
         let builder = foorpc::Server::builder()
             .call_timeout(call_timeout)
-            .drain_timeout(drain);
+            .drain_timeout(drain)
+            .limits(crate::limits::from_dict(limits)?);
         Ok(ServerCore {
             state: Mutex::new(State {
                 methods: Vec::new(),

@@ -31,7 +31,7 @@ not valid UTF-8 is decoded with ``surrogateescape`` and strs are encoded with
 
 from ._errors import ConnectionLostError, RemoteError, RpcError, RpcTimeoutError
 from ._types import ExtType, Float32
-from ._native import MAX_DEPTH, Peer, Responder, __version__
+from ._native import DEFAULT_LIMITS, MAX_DEPTH, Peer, Responder, __version__
 from ._client import Client
 from ._aio import AsyncClient, CallFuture
 from ._server import Server
@@ -41,6 +41,7 @@ __all__ = [
     "CallFuture",
     "Client",
     "ConnectionLostError",
+    "DEFAULT_LIMITS",
     "ExtType",
     "Float32",
     "MAX_DEPTH",

@@ -30,7 +30,8 @@ class AsyncClient(_NativeAsyncClient):
 
     Create it with ``await AsyncClient.connect(address)`` (connects without
     blocking the loop) or ``AsyncClient(address)`` (connects right away,
-    blocking for at most ``connect_timeout``).
+    blocking for at most ``connect_timeout``). ``limits``: a dict overriding
+    some of `foorpc.DEFAULT_LIMITS` by name, as for `Client`.
     """
 
     @classmethod
@@ -42,6 +43,7 @@ class AsyncClient(_NativeAsyncClient):
         timeout: Optional[float] = 30.0,
         handlers: Optional[Dict[str, Callable[..., Any]]] = None,
         notification_handlers: Optional[Dict[str, Callable[..., Any]]] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> "AsyncClient":
         """Connects in a worker thread, so the event loop keeps running."""
         loop = asyncio.get_running_loop()
@@ -53,6 +55,7 @@ class AsyncClient(_NativeAsyncClient):
                 timeout=timeout,
                 handlers=handlers,
                 notification_handlers=notification_handlers,
+                limits=limits,
             ),
         )
 

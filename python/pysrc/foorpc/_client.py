@@ -25,6 +25,8 @@ class Client(_native.Client):
 
     ``handlers`` / ``notification_handlers`` (dicts name -> callable) answer
     requests and notifications that the server sends to this client.
+    ``limits``: a dict overriding some of `foorpc.DEFAULT_LIMITS` by name, the
+    limits it applies to what the server sends.
     """
 
     __slots__ = ()

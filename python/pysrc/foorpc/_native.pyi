@@ -14,12 +14,14 @@ __all__ = [
     "Peer",
     "Responder",
     "ServerCore",
+    "DEFAULT_LIMITS",
     "MAX_DEPTH",
     "__version__",
 ]
 
 __version__: str
 MAX_DEPTH: int
+DEFAULT_LIMITS: Dict[str, int]
 
 @disjoint_base
 class Client:
@@ -33,6 +35,7 @@ class Client:
         timeout: Optional[float] = 30.0,
         handlers: Optional[Dict[str, Callable[..., Any]]] = None,
         notification_handlers: Optional[Dict[str, Callable[..., Any]]] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> "Client": ...
     def call(self, method: str, *params: Any, timeout: Optional[float] = None) -> Any:
         """Calls ``method(*params)``; timeout None: the client's default, math.inf: for ever."""
@@ -76,6 +79,7 @@ class AsyncClient:
         timeout: Optional[float] = 30.0,
         handlers: Optional[Dict[str, Callable[..., Any]]] = None,
         notification_handlers: Optional[Dict[str, Callable[..., Any]]] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> "AsyncClient": ...
     def call(self, method: str, *params: Any, timeout: Optional[float] = None) -> "CallFuture":
         """Calls ``method(*params)``; returns an awaitable future of the running loop."""
@@ -144,7 +148,13 @@ class Responder:
 class ServerCore:
     """The native half of foorpc.Server."""
 
-    def __new__(cls, *, timeout: Optional[float] = 30.0, drain_timeout: float = 10.0) -> "ServerCore": ...
+    def __new__(
+        cls,
+        *,
+        timeout: Optional[float] = 30.0,
+        drain_timeout: float = 10.0,
+        limits: Optional[Dict[str, int]] = None,
+    ) -> "ServerCore": ...
     def add_method(
         self, name: str, func: Callable[..., Any], *, pass_peer: bool = False, deferred: bool = False
     ) -> None: ...

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple, TypeVar, Union, overload
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
 
 from . import _native
 from ._native import Peer, Responder
@@ -67,7 +67,9 @@ class Server:
     raising ``foorpc.RemoteError(obj)`` sends ``obj`` unchanged.
 
     ``timeout``: default timeout of handlers' calls back to clients;
-    ``drain_timeout``: how long `shutdown` waits for calls in flight.
+    ``drain_timeout``: how long `shutdown` waits for calls in flight;
+    ``limits``: a dict overriding some of `foorpc.DEFAULT_LIMITS` by name
+    (``{"max_message_size": 1 << 20}``), the limits it applies to clients.
     """
 
     def __init__(
@@ -76,8 +78,9 @@ class Server:
         timeout: Optional[float] = 30.0,
         drain_timeout: float = 10.0,
         loop: Optional[asyncio.AbstractEventLoop] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> None:
-        self._core = _native.ServerCore(timeout=timeout, drain_timeout=drain_timeout)
+        self._core = _native.ServerCore(timeout=timeout, drain_timeout=drain_timeout, limits=limits)
         self._loop = loop
         self._own_loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[threading.Thread] = None
