@@ -501,7 +501,8 @@ foorpc_result foorpc_client_options_register_notification_fallback(const struct 
 /**
  * Sets one of the limits a client connected with these options applies to
  * what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
- * least 1 (see each constant for its meaning and default;
+ * least 1 (UINT64_MAX: no limit; see each constant for its meaning and
+ * default;
  * FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
  * FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
  * Like the handlers, the limits are copied when a client connects. Errors:
@@ -1023,19 +1024,19 @@ foorpc_result foorpc_server_register_notification_fallback(struct foorpc_server 
                                                            uint32_t flags);
 
 /**
- * Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
- * foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
- * replaced; the file is removed when the server stops). NUL-terminated,
- * not retained. May be called several times to serve several addresses.
  * Sets one of the limits the server applies to its clients: `limit` is a
- * FOORPC_LIMIT_* constant, `value` at least 1 (see each constant for its
- * meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
+ * FOORPC_LIMIT_* constant, `value` at least 1 (UINT64_MAX: no limit; see
+ * each constant for its meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
  * limit, or 0), FOORPC_RESULT_INVALID_STATE once the server has started.
  * Any thread.
  */
 foorpc_result foorpc_server_set_limit(struct foorpc_server *server, uint32_t limit, uint64_t value);
 
 /**
+ * Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
+ * foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
+ * replaced; the file is removed when the server stops). NUL-terminated,
+ * not retained. May be called several times to serve several addresses.
  * Connections are accepted once the server starts.
  *
  * Errors: FOORPC_RESULT_INVALID_ADDRESS, FOORPC_RESULT_IO (e.g. address in

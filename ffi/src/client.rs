@@ -144,7 +144,8 @@ pub extern "C" fn foorpc_client_options_register_notification_fallback(
 
 /// Sets one of the limits a client connected with these options applies to
 /// what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
-/// least 1 (see each constant for its meaning and default;
+/// least 1 (UINT64_MAX: no limit; see each constant for its meaning and
+/// default;
 /// FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
 /// FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
 /// Like the handlers, the limits are copied when a client connects. Errors:

@@ -30,14 +30,11 @@ pub const FOORPC_LIMIT_MAX_WRITE_BACKLOG: u32 = 6;
 /// from that peer).
 pub const FOORPC_LIMIT_MAX_REQUEST_BACKLOG: u32 = 7;
 
-/// Sets limit `which` of `limits` to `value` (at least 1).
+/// Sets limit `which` of `limits` to `value` (at least 1; a value larger
+/// than a `size_t` holds means the largest one, so UINT64_MAX is "no limit"
+/// everywhere).
 pub(crate) fn set(limits: &mut Limits, which: u32, value: u64) -> Result<(), foorpc_result> {
-    let Ok(value) = usize::try_from(value) else {
-        return Err(fail(
-            foorpc_result::InvalidArgument,
-            format!("limit value {value} is too large for this platform"),
-        ));
-    };
+    let value = usize::try_from(value).unwrap_or(usize::MAX);
     if value == 0 {
         return Err(fail(
             foorpc_result::InvalidArgument,

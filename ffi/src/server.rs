@@ -278,13 +278,9 @@ pub extern "C" fn foorpc_server_register_notification_fallback(
     }
 }
 
-/// Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
-/// foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
-/// replaced; the file is removed when the server stops). NUL-terminated,
-/// not retained. May be called several times to serve several addresses.
 /// Sets one of the limits the server applies to its clients: `limit` is a
-/// FOORPC_LIMIT_* constant, `value` at least 1 (see each constant for its
-/// meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
+/// FOORPC_LIMIT_* constant, `value` at least 1 (UINT64_MAX: no limit; see
+/// each constant for its meaning and default). Errors: FOORPC_RESULT_INVALID_ARGUMENT (unknown
 /// limit, or 0), FOORPC_RESULT_INVALID_STATE once the server has started.
 /// Any thread.
 #[no_mangle]
@@ -309,6 +305,10 @@ pub extern "C" fn foorpc_server_set_limit(
     }
 }
 
+/// Binds `address` now: "tcp://HOST:PORT" (port 0 picks a free port, see
+/// foorpc_server_local_address) or "unix:///PATH" (a stale socket file is
+/// replaced; the file is removed when the server stops). NUL-terminated,
+/// not retained. May be called several times to serve several addresses.
 /// Connections are accepted once the server starts.
 ///
 /// Errors: FOORPC_RESULT_INVALID_ADDRESS, FOORPC_RESULT_IO (e.g. address in

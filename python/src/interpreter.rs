@@ -9,6 +9,12 @@
 //! and waits (GIL released, for at most [`EXIT_WAIT`]) for those inside to
 //! leave. A handler or a completion that comes later is dropped instead: a
 //! request's responder, dropped, answers with an error.
+//!
+//! So an `atexit` hook registered before `import foorpc` (hooks run last
+//! registered first) must not wait for a server's handlers or for an
+//! asyncio client with handlers (whose replies come through the I/O
+//! thread): they no longer run. Synchronous calls, and asyncio clients
+//! without handlers, which read on the calling thread, still work there.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,10 +41,23 @@ fn wait_for_foorpc_threads(py: Python<'_>) {
     });
 }
 
-/// Registers the `atexit` hook (at module import).
+/// In a child after `fork()`: the parent's threads, counted in, are not
+/// there.
+#[pyfunction]
+fn forget_parent_threads() {
+    INSIDE.store(0, Ordering::SeqCst);
+}
+
+/// Registers the `atexit` hook and the fork hook (at module import).
 pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
     let hook = wrap_pyfunction!(wait_for_foorpc_threads, m)?;
-    m.py().import("atexit")?.call_method1("register", (hook,))?;
+    py.import("atexit")?.call_method1("register", (hook,))?;
+    let in_child = wrap_pyfunction!(forget_parent_threads, m)?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("after_in_child", in_child)?;
+    py.import("os")?
+        .call_method("register_at_fork", (), Some(&kwargs))?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyInt, PyMappingProxy};
 
 type Field = fn(&mut foorpc::Limits) -> &mut usize;
 
@@ -18,18 +18,20 @@ const FIELDS: [(&str, Field); 7] = [
     ("max_request_backlog", |l| &mut l.max_request_backlog),
 ];
 
-/// The default limits, by name (exported as `foorpc.DEFAULT_LIMITS`).
-pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+/// The default limits, by name: a read-only mapping (exported as
+/// `foorpc.DEFAULT_LIMITS`; changing it would change nothing).
+pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyMappingProxy>> {
     let mut limits = foorpc::Limits::default();
     let out = PyDict::new(py);
     for (name, field) in FIELDS {
         out.set_item(name, *field(&mut limits))?;
     }
-    Ok(out)
+    Ok(PyMappingProxy::new(py, out.as_mapping()))
 }
 
 /// The defaults with the entries of `given` (a dict of name -> int >= 1)
-/// in their place; an unknown name or a bad value raises.
+/// in their place. An unknown name or a value below 1 raises ValueError, a
+/// value that is not an int (a bool included) TypeError.
 pub fn from_dict(given: Option<&Bound<'_, PyDict>>) -> PyResult<foorpc::Limits> {
     let mut limits = foorpc::Limits::default();
     for (key, value) in given.into_iter().flat_map(|d| d.iter()) {
@@ -43,16 +45,24 @@ pub fn from_dict(given: Option<&Bound<'_, PyDict>>) -> PyResult<foorpc::Limits> 
                 known.join(", ")
             )));
         };
-        let n = value
-            .extract::<u64>()
-            .ok()
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "limits[{name:?}]: expected an int >= 1, got {value}"
-                ))
-            })?;
+        if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
+            return Err(PyTypeError::new_err(format!(
+                "limits[{name:?}]: expected an int, got {}",
+                value.get_type().name()?
+            )));
+        }
+        // Larger than a usize holds: the largest (no limit).
+        let n = match value.extract::<u64>() {
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Err(_) if value.gt(0)? => usize::MAX,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            return Err(PyValueError::new_err(format!(
+                "limits[{name:?}] must be >= 1, got {}",
+                value.repr()?
+            )));
+        }
         *field(&mut limits) = n;
     }
     Ok(limits)

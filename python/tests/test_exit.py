@@ -10,7 +10,7 @@ import time
 
 SLEEPING_HANDLER = textwrap.dedent(
     """
-    import socket, sys, time
+    import socket, sys, threading, time
     import foorpc
 
     class SlowToDie:
@@ -27,9 +27,11 @@ SLEEPING_HANDLER = textwrap.dedent(
     keeper.me = keeper
     del keeper
     server = foorpc.Server()
+    entered = threading.Event()
 
     @server.method
     def slow() -> int:
+        entered.set()
         time.sleep(0.4)  # the GIL is released here, and taken back at the end
         return 1
 
@@ -37,7 +39,8 @@ SLEEPING_HANDLER = textwrap.dedent(
     server.start()
     raw = socket.create_connection((host, int(port)))
     raw.sendall(b"\\x94\\x00\\x01\\xa4slow\\x90")  # [0, 1, "slow", []]
-    time.sleep(0.15)  # the handler is asleep now
+    assert entered.wait(10)
+    time.sleep(0.05)  # the handler is asleep now
     print("main thread done", flush=True)
     """
 )
@@ -62,3 +65,42 @@ def test_exit_while_a_pool_handler_runs_waits_for_it() -> None:
     for bad in ("Fatal Python error", "panicked", "Traceback"):
         assert bad not in output, output
     assert took < 30, f"exit took {took:.1f} s"
+
+
+FORK_WHILE_A_HANDLER_RUNS = textwrap.dedent(
+    """
+    import os, socket, sys, threading, time
+    import foorpc
+
+    server = foorpc.Server()
+    entered = threading.Event()
+
+    @server.method
+    def slow() -> int:
+        entered.set()
+        time.sleep(3)
+        return 1
+
+    host, port = server.bind("tcp://127.0.0.1:0").rsplit("//", 1)[1].rsplit(":", 1)
+    server.start()
+    raw = socket.create_connection((host, int(port)))
+    raw.sendall(b"\\x94\\x00\\x01\\xa4slow\\x90")
+    assert entered.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # a normal exit: the atexit hooks run
+    t = time.monotonic()
+    os.waitpid(pid, 0)
+    print(f"child exit took {time.monotonic() - t:.2f} s", flush=True)
+    os._exit(0)  # the parent's own handler is still asleep
+    """
+)
+
+
+def test_a_child_forked_while_a_handler_runs_exits_at_once() -> None:
+    # The child has none of the parent's threads: its exit must not wait for
+    # the handler the parent was running (it took the full 5 s before).
+    done = run(FORK_WHILE_A_HANDLER_RUNS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    took = float(done.stdout.split("child exit took ")[1].split(" s")[0])
+    assert took < 2.5, done.stdout

@@ -1338,6 +1338,11 @@ static void test_limits(void) {
        4 x 40 + 10 x 40 bytes decoded, 200 nils 8,160, over 4,096. */
     OK(foorpc_client_options_new(&o));
     CHECK(foorpc_client_options_set_limit(o, 0, 1) == FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_DEPTH, 0) ==
+          FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(foorpc_client_options_set_limit(NULL, FOORPC_LIMIT_MAX_DEPTH, 8) ==
+          FOORPC_RESULT_NULL_PARAMETER);
+    OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_MESSAGE_SIZE, UINT64_MAX));
     OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_DECODED_SIZE, 4096));
     OK(foorpc_client_connect_with(addr, 2000, o, &c));
     foorpc_client_options_free(o);

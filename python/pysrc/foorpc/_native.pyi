@@ -1,7 +1,7 @@
 """Type stubs of the native module foorpc._native (checked with mypy.stubtest)."""
 
 from contextvars import Context
-from typing import Any, Callable, Dict, Generator, List, Optional, final
+from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, final
 
 from typing_extensions import disjoint_base
 
@@ -21,7 +21,7 @@ __all__ = [
 
 __version__: str
 MAX_DEPTH: int
-DEFAULT_LIMITS: Dict[str, int]
+DEFAULT_LIMITS: Mapping[str, int]
 
 @disjoint_base
 class Client:
