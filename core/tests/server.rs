@@ -293,6 +293,40 @@ fn requests_held_by_slow_handlers_stop_reading_past_the_request_backlog() {
     assert_eq!(started.load(Ordering::SeqCst), HELD_MESSAGES as usize);
 }
 
+/// Requests whose handlers panic, drop their responder or do not exist are
+/// answered with an error and stop being held: far more than the limit of
+/// them goes through without reading ever stopping.
+#[test]
+fn requests_answered_by_errors_stop_being_held() {
+    let mut router = calc_router();
+    router.register("panics", Execution::Pool, |_| panic!("handler bug"));
+    router.register("drops", Execution::Inline, drop);
+    let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    let methods = ["panics", "drops", "no_such_method"];
+    let per_method = 4 * HELD_LIMIT / HELD_PARAM; // four times the limit each
+    for (m, method) in methods.iter().enumerate() {
+        for i in 0..per_method {
+            let msgid = (m * per_method + i) as u32;
+            raw.send(&request_bytes(
+                msgid,
+                method,
+                &[Value::Binary(vec![5; HELD_PARAM])],
+            ));
+            let (error, _) = raw.expect_response(msgid);
+            assert!(!error.is_nil(), "{method} #{i} answered without an error");
+        }
+    }
+    let other = Client::connect(&server.local_addr().to_string()).unwrap();
+    assert_eq!(other.call::<i64>("add", (1, 2)).unwrap(), 3);
+    raw.send(&request_bytes(
+        9999,
+        "add",
+        &[Value::from(2), Value::from(3)],
+    ));
+    assert_eq!(raw.expect_response(9999), (Value::Nil, Value::from(5)));
+}
+
 /// Notifications for a handler on the worker pool count as held until it
 /// has run: a peer cannot queue them without bound behind a slow handler.
 #[test]
