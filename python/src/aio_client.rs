@@ -428,6 +428,9 @@ impl AsyncClient {
         let timeout = timeout_arg(timeout, self.conn.default_timeout)?;
         LoopDriver::cork_iteration(&driver)?;
         let d = driver.get();
+        if crate::interpreter::exiting() && !d.reads.load(Ordering::Acquire) {
+            return Err(crate::errors::exiting()); // the reply could never be delivered
+        }
         let (fut, deadline) = start_call(
             py,
             peer,

@@ -333,6 +333,9 @@ impl Peer {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<CallFuture>> {
         let peer = self.peer()?;
+        if crate::interpreter::exiting() {
+            return Err(crate::errors::exiting()); // replies come through the I/O thread
+        }
         let timeout = timeout_arg(timeout, peer.default_timeout())?;
         let event_loop = running_loop(py)?;
         let completions = Py::new(py, Completions::new(&event_loop)?)?;

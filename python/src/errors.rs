@@ -72,6 +72,16 @@ pub fn encode_error_object(py: Python<'_>, err: &PyErr, out: &mut Vec<u8>) {
     foorpc::codec::encode_value(out, &obj);
 }
 
+/// The error for an asyncio call whose reply would come through foorpc's
+/// I/O thread once the process has started exiting (see `interpreter`).
+pub fn exiting() -> PyErr {
+    RpcError::new_err(
+        "the process is exiting: replies to this asyncio client (it has handlers) come \
+         through foorpc's I/O thread, which no longer runs Python; make the call before \
+         foorpc's atexit hook, or use a client without handlers",
+    )
+}
+
 /// The error for objects used in a child process after `fork()`.
 pub fn forked(what: &str) -> PyErr {
     RpcError::new_err(format!(

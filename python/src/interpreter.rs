@@ -10,11 +10,12 @@
 //! leave. A handler or a completion that comes later is dropped instead: a
 //! request's responder, dropped, answers with an error.
 //!
-//! So an `atexit` hook registered before `import foorpc` (hooks run last
-//! registered first) must not wait for a server's handlers or for an
-//! asyncio client with handlers (whose replies come through the I/O
-//! thread): they no longer run. Synchronous calls, and asyncio clients
-//! without handlers, which read on the calling thread, still work there.
+//! So in an `atexit` hook registered before `import foorpc` (hooks run last
+//! registered first) a server's handlers no longer run, and an asyncio call
+//! whose reply would come through the I/O thread (a client with handlers,
+//! `Peer.acall`) raises at once instead of waiting for ever. Synchronous
+//! calls, and asyncio clients without handlers, which read on the calling
+//! thread, still work there.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +60,11 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py.import("os")?
         .call_method("register_at_fork", (), Some(&kwargs))?;
     Ok(())
+}
+
+/// True once the `atexit` hook has run: foorpc's threads run no more Python.
+pub fn exiting() -> bool {
+    EXITING.load(Ordering::SeqCst)
 }
 
 struct Inside;

@@ -104,3 +104,52 @@ def test_a_child_forked_while_a_handler_runs_exits_at_once() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     took = float(done.stdout.split("child exit took ")[1].split(" s")[0])
     assert took < 2.5, done.stdout
+
+
+LATE_ATEXIT_HOOK = textwrap.dedent(
+    """
+    import atexit, asyncio, sys
+    ADDRESS = sys.argv[1]
+
+    def late_hook() -> None:
+        # Registered before `import foorpc`: runs after foorpc's own hook.
+        import foorpc
+
+        async def main() -> None:
+            with foorpc.Client(ADDRESS) as sync:
+                print("sync", sync.add(1, 2), flush=True)
+            plain = foorpc.AsyncClient(ADDRESS)  # connect() needs an executor, gone by now
+            print("async without handlers", await plain.add(2, 3), flush=True)
+            await plain.close()
+            serving = foorpc.AsyncClient(ADDRESS, handlers={"ping": lambda: 1}, timeout=5)
+            try:
+                await serving.add(3, 4)
+                print("async with handlers: answered", flush=True)
+            except foorpc.RpcError as e:
+                print("async with handlers:", type(e).__name__, e, flush=True)
+            await serving.close()
+
+        asyncio.run(main())
+
+    atexit.register(late_hook)
+    import foorpc
+    print("main done", flush=True)
+    """
+)
+
+
+def test_an_atexit_hook_after_foorpcs_gets_an_error_not_a_hang(rust_calc: str) -> None:
+    # After foorpc's hook, replies that come through the I/O thread can no
+    # longer be delivered: the call says so at once instead of waiting for
+    # ever (its timeout would never fire either). Clients that read on the
+    # calling thread still work.
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_ATEXIT_HOOK, rust_calc],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["main done", "sync 3", "async without handlers 5"], done.stdout
+    assert lines[3].startswith("async with handlers: RpcError the process is exiting"), done.stdout
