@@ -831,14 +831,16 @@ impl Conn {
                 // delivered, or it would wait on the socket for bytes that are
                 // gone (only try_lock is ever used on it, so this cannot deadlock).
                 self.process_corked(batch.drain(..), &mut guard.deferred);
-                if !guard.deferred.is_empty() {
-                    self.deferred_left.store(true, Ordering::SeqCst);
-                    self.read_wanted.store(true, Ordering::SeqCst);
-                }
             }
             batch.shrink_to(KEPT_BATCH);
             BATCH.with(|kept| kept.set(batch));
+            // Reading starts only once nothing is deferred, so this says
+            // whether the batch deferred any.
             let deferred_left = !guard.deferred.is_empty();
+            self.deferred_left.store(deferred_left, Ordering::SeqCst);
+            if deferred_left {
+                self.read_wanted.store(true, Ordering::SeqCst);
+            }
             drop(guard);
             match status {
                 ReadStatus::Open => {}
@@ -1236,10 +1238,7 @@ impl Conn {
         }
         let mut pending = lock(&self.pending);
         let expired = pending.take_expired(now);
-        let next = match (pending.next_deadline(), drain_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = deadline::earliest(pending.next_deadline(), drain_until);
         drop(pending);
         self.reactor_wakes_at
             .store(as_nanos(next), Ordering::Release);

@@ -10,3 +10,11 @@ use std::time::{Duration, Instant};
 pub(crate) fn after(t: Duration) -> Option<Instant> {
     Instant::now().checked_add(t)
 }
+
+/// The earlier of two deadlines, `None` being never.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -318,10 +318,7 @@ impl PendingCall {
                 "waiting on the I/O thread would deadlock".into(),
             )));
         }
-        let limit = match (deadline::after(wait), self.deadline) {
-            (Some(until), Some(d)) => Some(until.min(d)),
-            (until, d) => until.or(d),
-        };
+        let limit = deadline::earliest(deadline::after(wait), self.deadline);
         let outcome = match self.conn.wait_reply_until(&self.slot, limit) {
             Some(r) => Some(r),
             None if self.deadline.is_some_and(|d| Instant::now() >= d) => {

@@ -214,6 +214,14 @@ fn send_while_held_back(
     sender
 }
 
+/// The length of a bin first param (0 for anything else).
+fn first_bin_len(params: &[Value]) -> usize {
+    params
+        .first()
+        .and_then(Value::as_slice)
+        .map_or(0, <[u8]>::len)
+}
+
 /// calc_router plus `slow_len(bin)`, on the pool: counts itself in
 /// `started`, waits for the gate, then answers the bin's length.
 fn slow_len_router(gate: &Gate, started: &Arc<AtomicUsize>) -> Router {
@@ -222,11 +230,7 @@ fn slow_len_router(gate: &Gate, started: &Arc<AtomicUsize>) -> Router {
     router.register("slow_len", Execution::Pool, move |req| {
         count.fetch_add(1, Ordering::SeqCst);
         g.wait(Duration::from_secs(20));
-        let len = req
-            .params
-            .first()
-            .and_then(Value::as_slice)
-            .map_or(0, <[u8]>::len);
+        let len = first_bin_len(&req.params);
         req.responder.ok(Value::from(len));
     });
     router
@@ -338,11 +342,7 @@ fn notifications_queued_for_the_pool_stop_reading_past_the_request_backlog() {
     router.notification("slow_note", Execution::Pool, move |n| {
         count.fetch_add(1, Ordering::SeqCst);
         g.wait(Duration::from_secs(20));
-        let len = n
-            .params
-            .first()
-            .and_then(Value::as_slice)
-            .map_or(0, <[u8]>::len);
+        let len = first_bin_len(&n.params);
         total.fetch_add(len, Ordering::SeqCst);
     });
     let server = start_with(router, "tcp://127.0.0.1:0", request_backlog_limits());
@@ -484,11 +484,7 @@ fn calling_back_server(wait: Duration, started: &Arc<AtomicUsize>) -> Server {
     let count = started.clone();
     router.register("len_via_client", Execution::Pool, move |req| {
         count.fetch_add(1, Ordering::SeqCst);
-        let len = req
-            .params
-            .first()
-            .and_then(Value::as_slice)
-            .map_or(0, <[u8]>::len);
+        let len = first_bin_len(&req.params);
         let r = req
             .peer
             .call_value("twice", &[Value::from(len)], Some(wait));

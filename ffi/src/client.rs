@@ -159,10 +159,7 @@ pub extern "C" fn foorpc_client_options_set_limit(
     ffi_panic_boundary! {
         let options = try_ref!(options);
         let mut limits = options.limits.lock().unwrap_or_else(PoisonError::into_inner);
-        match crate::limits::set(&mut limits, limit, value) {
-            Ok(()) => foorpc_result::Ok,
-            Err(code) => code,
-        }
+        crate::limits::set(&mut limits, limit, value)
     }
 }
 

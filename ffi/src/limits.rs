@@ -32,14 +32,11 @@ pub const FOORPC_LIMIT_MAX_REQUEST_BACKLOG: u32 = 7;
 
 /// Sets limit `which` of `limits` to `value` (at least 1; a value larger
 /// than a `size_t` holds means the largest one, so UINT64_MAX is "no limit"
-/// everywhere).
-pub(crate) fn set(limits: &mut Limits, which: u32, value: u64) -> Result<(), foorpc_result> {
+/// everywhere). Returns the C result (the last error set on failure).
+pub(crate) fn set(limits: &mut Limits, which: u32, value: u64) -> foorpc_result {
     let value = usize::try_from(value).unwrap_or(usize::MAX);
     if value == 0 {
-        return Err(fail(
-            foorpc_result::InvalidArgument,
-            "a limit must be at least 1",
-        ));
+        return fail(foorpc_result::InvalidArgument, "a limit must be at least 1");
     }
     let field = match which {
         FOORPC_LIMIT_MAX_MESSAGE_SIZE => &mut limits.max_message_size,
@@ -50,12 +47,12 @@ pub(crate) fn set(limits: &mut Limits, which: u32, value: u64) -> Result<(), foo
         FOORPC_LIMIT_MAX_WRITE_BACKLOG => &mut limits.max_write_backlog,
         FOORPC_LIMIT_MAX_REQUEST_BACKLOG => &mut limits.max_request_backlog,
         other => {
-            return Err(fail(
+            return fail(
                 foorpc_result::InvalidArgument,
                 format!("unknown limit {other} (expected a FOORPC_LIMIT_* constant)"),
-            ))
+            )
         }
     };
     *field = value;
-    Ok(())
+    foorpc_result::Ok
 }

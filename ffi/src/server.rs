@@ -298,10 +298,7 @@ pub extern "C" fn foorpc_server_set_limit(
                 "limits must be set before the server starts",
             );
         };
-        match crate::limits::set(limits, limit, value) {
-            Ok(()) => foorpc_result::Ok,
-            Err(code) => code,
-        }
+        crate::limits::set(limits, limit, value)
     }
 }
 
