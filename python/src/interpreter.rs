@@ -6,9 +6,13 @@
 //! the process when it meets Rust's `catch_unwind`), and PyO3 panics when
 //! the GIL is asked for after finalization. So an `atexit` hook, which runs
 //! before finalization starts, stops foorpc's threads from entering Python
-//! and waits (GIL released, for at most [`EXIT_WAIT`]) for those inside to
-//! leave. A handler or a completion that comes later is dropped instead: a
-//! request's responder, dropped, answers with an error.
+//! and waits (GIL released) for those inside to leave, for as long as they
+//! take: the same as a `ThreadPoolExecutor`, whose work items finish before
+//! the process exits. A bounded wait would let a longer handler meet the
+//! finalizing interpreter and abort the process. Ctrl-C (any exception a
+//! signal handler raises) stops the wait. A handler or a completion that
+//! comes later is dropped instead: a request's responder, dropped, answers
+//! with an error.
 //!
 //! So in an `atexit` hook registered before `import foorpc` (hooks run last
 //! registered first) a server's handlers no longer run, and an asyncio call
@@ -22,24 +26,32 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-/// Longest the exit waits for handlers and completions running in Python.
-const EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How often the exit's wait looks at signals (Ctrl-C ends the wait).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// Set by the `atexit` hook: from then on foorpc's threads leave Python alone.
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// foorpc threads inside [`attach`] (running Python, or waiting for the GIL).
 static INSIDE: AtomicUsize = AtomicUsize::new(0);
 
-/// The `atexit` hook.
+/// The `atexit` hook. An exception from a signal handler (Ctrl-C's
+/// `KeyboardInterrupt`) ends the wait and is reported by `atexit`.
 #[pyfunction]
-fn wait_for_foorpc_threads(py: Python<'_>) {
+fn wait_for_foorpc_threads(py: Python<'_>) -> PyResult<()> {
     EXITING.store(true, Ordering::SeqCst);
-    py.detach(|| {
-        let deadline = Instant::now() + EXIT_WAIT;
-        while INSIDE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+    loop {
+        let left = py.detach(|| {
+            let until = Instant::now() + SIGNAL_CHECK;
+            while INSIDE.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            INSIDE.load(Ordering::SeqCst)
+        });
+        if left == 0 {
+            return Ok(());
         }
-    });
+        py.check_signals()?;
+    }
 }
 
 /// In a child after `fork()`: the parent's threads, counted in, are not

@@ -3,10 +3,13 @@ a pool handler in the middle of its work when the main thread returns."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 SLEEPING_HANDLER = textwrap.dedent(
     """
@@ -32,7 +35,7 @@ SLEEPING_HANDLER = textwrap.dedent(
     @server.method
     def slow() -> int:
         entered.set()
-        time.sleep(0.4)  # the GIL is released here, and taken back at the end
+        time.sleep(float(sys.argv[1]))  # the GIL is released here, and taken back at the end
         return 1
 
     host, port = server.bind("tcp://127.0.0.1:0").rsplit("//", 1)[1].rsplit(":", 1)
@@ -46,25 +49,79 @@ SLEEPING_HANDLER = textwrap.dedent(
 )
 
 
-def run(script: str) -> "subprocess.CompletedProcess[str]":
+def run(script: str, *args: str) -> "subprocess.CompletedProcess[str]":
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
     )
 
 
-def test_exit_while_a_pool_handler_runs_waits_for_it() -> None:
+@pytest.mark.parametrize("handler_seconds", [0.4, 5.5])
+def test_exit_while_a_pool_handler_runs_waits_for_it(handler_seconds: float) -> None:
     # Without the wait at exit, the worker thread taking the GIL back met a
     # finalizing interpreter: CPython ended it with pthread_exit, whose forced
     # unwind aborted the process (exit status -6, "Fatal Python error").
+    # The wait has no bound (a handler of 5.5 s aborted the process when it
+    # was 5 s), as a ThreadPoolExecutor's work items finish before exit.
     t = time.monotonic()
-    done = run(SLEEPING_HANDLER)
+    done = run(SLEEPING_HANDLER, str(handler_seconds))
     took = time.monotonic() - t
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "main thread done" in done.stdout
     for bad in ("Fatal Python error", "panicked", "Traceback"):
         assert bad not in output, output
-    assert took < 30, f"exit took {took:.1f} s"
+    assert handler_seconds <= took < handler_seconds + 30, f"exit took {took:.1f} s"
+
+
+STUCK_HANDLER = textwrap.dedent(
+    """
+    import socket, threading
+    import foorpc
+
+    server = foorpc.Server()
+    entered = threading.Event()
+
+    @server.method
+    def stuck() -> int:
+        entered.set()
+        threading.Event().wait()  # never set
+        return 1
+
+    host, port = server.bind("tcp://127.0.0.1:0").rsplit("//", 1)[1].rsplit(":", 1)
+    server.start()
+    raw = socket.create_connection((host, int(port)))
+    raw.sendall(b"\\x94\\x00\\x01\\xa5stuck\\x90")  # [0, 1, "stuck", []]
+    assert entered.wait(10)
+    print("main thread done", flush=True)
+    """
+)
+
+
+def test_ctrl_c_ends_the_wait_for_a_handler_that_never_returns() -> None:
+    # The process waits at exit for its running handlers, for as long as
+    # they take; Ctrl-C ends that wait, as it ends Python's own wait for
+    # threads at exit.
+    child = subprocess.Popen(
+        [sys.executable, "-c", STUCK_HANDLER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A child of a non-interactive shell may inherit SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "main thread done\n"
+        time.sleep(0.3)  # in the exit's wait by now
+        assert child.poll() is None, "the exit did not wait for the handler"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    assert "KeyboardInterrupt" in err, err
+    for bad in ("Fatal Python error", "panicked"):
+        assert bad not in err, err
 
 
 FORK_WHILE_A_HANDLER_RUNS = textwrap.dedent(
@@ -99,7 +156,7 @@ FORK_WHILE_A_HANDLER_RUNS = textwrap.dedent(
 
 def test_a_child_forked_while_a_handler_runs_exits_at_once() -> None:
     # The child has none of the parent's threads: its exit must not wait for
-    # the handler the parent was running (it took the full 5 s before).
+    # the handler the parent was running (it waited for it before).
     done = run(FORK_WHILE_A_HANDLER_RUNS)
     assert done.returncode == 0, done.stdout + done.stderr
     took = float(done.stdout.split("child exit took ")[1].split(" s")[0])
