@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,9 @@ def test_public_api() -> None:
     assert foorpc._native.__name__ == "foorpc._native"
     assert issubclass(foorpc.RemoteError, foorpc.RpcError)
     assert issubclass(foorpc.RpcTimeoutError, TimeoutError)
+    # Distinct classes before Python 3.11: each must catch a call's timeout.
+    assert issubclass(foorpc.RpcTimeoutError, asyncio.TimeoutError)
+    assert issubclass(foorpc.RpcTimeoutError, concurrent.futures.TimeoutError)
     assert issubclass(foorpc.ConnectionLostError, ConnectionError)
     assert isinstance(foorpc.__version__, str)
     assert Path(foorpc.__file__).with_name("py.typed").exists()

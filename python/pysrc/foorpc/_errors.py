@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import sys
 from typing import Any, Optional
 
 __all__ = ["RpcError", "RemoteError", "RpcTimeoutError", "ConnectionLostError"]
@@ -47,8 +50,19 @@ class RemoteError(RpcError):
         return f"remote error: {self.error!r}"
 
 
-class RpcTimeoutError(RpcError, TimeoutError):
-    """No reply arrived within the call's timeout."""
+if sys.version_info >= (3, 11):
+
+    class RpcTimeoutError(RpcError, TimeoutError):
+        """No reply arrived within the call's timeout."""
+
+else:
+    # Before 3.11, asyncio's and concurrent.futures' TimeoutError are classes
+    # of their own: `except asyncio.TimeoutError` must catch a call's timeout
+    # on every supported version.
+    class RpcTimeoutError(
+        RpcError, TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError
+    ):
+        """No reply arrived within the call's timeout."""
 
 
 class ConnectionLostError(RpcError, ConnectionError):
