@@ -9,7 +9,6 @@
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::Ordering;
 
-use pyo3::exceptions::PyStopIteration;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -132,19 +131,43 @@ unsafe extern "C" fn am_send(
 }
 
 /// `next(it)`, for callers that do not use `am_send`: the result leaves as
-/// `StopIteration(result)`.
+/// `StopIteration(result)`. From Python 3.12 on, that is every `await`: the
+/// interpreter's `SEND` calls `tp_iternext` on anything but its own
+/// generators and coroutines.
 unsafe extern "C" fn iternext(iter: *mut ffi::PyObject) -> *mut ffi::PyObject {
     let mut out = std::ptr::null_mut();
     match am_send(iter, ffi::Py_None(), &mut out) {
         ffi::PySendResult::PYGEN_NEXT => out,
         ffi::PySendResult::PYGEN_RETURN => {
-            let py = Python::assume_attached();
-            let value = Bound::from_owned_ptr(py, out);
-            PyStopIteration::new_err((value.unbind(),)).restore(py);
+            raise_stop_iteration(out);
             std::ptr::null_mut()
         }
         ffi::PySendResult::PYGEN_ERROR => std::ptr::null_mut(),
     }
+}
+
+/// Raises `StopIteration(value)` and releases `value` (owned), the way
+/// CPython's own generators do: `PyErr_SetObject` builds the exception from
+/// the bare value, which goes through PyO3's lazy `PyErr` in half the
+/// instructions. A tuple or an exception would be taken as the constructor's
+/// arguments or as the exception itself, so those are wrapped first.
+///
+/// SAFETY: the GIL is held and `value` is a valid owned reference.
+unsafe fn raise_stop_iteration(value: *mut ffi::PyObject) {
+    if ffi::PyTuple_Check(value) == 0 && ffi::PyExceptionInstance_Check(value) == 0 {
+        ffi::PyErr_SetObject(ffi::PyExc_StopIteration, value);
+    } else {
+        let exc = ffi::PyObject_CallFunctionObjArgs(
+            ffi::PyExc_StopIteration,
+            value,
+            std::ptr::null_mut::<ffi::PyObject>(),
+        );
+        if !exc.is_null() {
+            ffi::PyErr_SetObject(ffi::PyExc_StopIteration, exc);
+            ffi::Py_DecRef(exc);
+        }
+    }
+    ffi::Py_DecRef(value);
 }
 
 unsafe extern "C" fn iter_self(iter: *mut ffi::PyObject) -> *mut ffi::PyObject {

@@ -372,7 +372,13 @@ def test_await_iterator_protocol(calc: str) -> None:
             assert await fut == 3
             with pytest.raises(StopIteration) as stop:
                 next(fut.__await__())
-            assert stop.value.value == 3
+            assert stop.value.value == 3 and stop.value.args == (3,)
+            for value in ([1, [2]], None, {"k": [1, 2]}):  # lists and None are StopIteration args too
+                echoed = c.echo(value)
+                assert await echoed == value
+                with pytest.raises(StopIteration) as stop:
+                    next(echoed.__await__())
+                assert stop.value.value == value
             failing = c.fail("no")
             with pytest.raises(foorpc.RemoteError):
                 await failing
