@@ -409,7 +409,8 @@ typedef void (*foorpc_notification_callback)(void *userdata,
  * Callbacks of different calls may run at the same time. It must be quick
  * and must not block: a blocking foorpc call from the I/O thread, or on the
  * same connection from a thread blocked in a call on it, fails with
- * FOORPC_RESULT_USAGE (use the asynchronous calls there).
+ * FOORPC_RESULT_USAGE (use the asynchronous calls there). foorpc_server_stop
+ * called from a callback only starts the shutdown and returns at once.
  */
 typedef void (*foorpc_call_callback)(void *userdata,
                                      foorpc_result result,
@@ -1080,9 +1081,11 @@ foorpc_result foorpc_server_run(struct foorpc_server *server);
  * being handled finish (for up to 10 s; new requests get an error reply; a
  * handler still holding its responder is waited for even when its
  * connection has closed), sends their replies, closes every connection,
- * and wakes foorpc_server_run. Blocks until done, except when called from a handler
- * (inline or pool), where it only starts the shutdown: waiting there would
- * wait for the calling handler's own request.
+ * and wakes foorpc_server_run. Blocks until done, except when called from a
+ * handler (inline or pool) or from a foorpc_call_callback (of any client or
+ * server), where it only starts the shutdown and returns at once: waiting
+ * there would wait for the calling handler's own request, or stall the I/O
+ * thread the shutdown needs.
  *
  * Any thread may call it, any number of times, also before the server
  * starts (then it never starts). It is not async-signal-safe: call it from

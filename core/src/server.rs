@@ -10,6 +10,7 @@ use crate::conn::ConnConfig;
 use crate::deadline;
 use crate::dispatch::Router;
 use crate::error::{Error, Result};
+use crate::fork;
 use crate::limits::Limits;
 use crate::reactor::{Acceptor, ReactorHandle};
 use crate::transport::{Address, Listener};
@@ -171,9 +172,13 @@ impl ServerBuilder {
             reactor,
             addrs,
             drain_timeout: self.drain_timeout,
-            thread: Mutex::new(Some(thread)),
-            done: (Mutex::new(false), Condvar::new()),
+            finish: Arc::new(Finish {
+                thread: Mutex::new(Some(thread)),
+                done: Mutex::new(false),
+                done_cv: Condvar::new(),
+            }),
             shutting_down: AtomicBool::new(false),
+            fork_generation: fork::generation(),
         })
     }
 }
@@ -184,9 +189,32 @@ pub struct Server {
     reactor: ReactorHandle,
     addrs: Vec<Address>,
     drain_timeout: Duration,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    done: (Mutex<bool>, Condvar),
+    finish: Arc<Finish>,
     shutting_down: AtomicBool,
+    /// The process the reactor thread runs in (see [`fork::generation`]).
+    fork_generation: u64,
+}
+
+/// The end of a shutdown, shared with a drain running on a thread of its own.
+struct Finish {
+    thread: Mutex<Option<JoinHandle<()>>>,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl Finish {
+    /// Joins the stopped reactor thread, then wakes every waiter.
+    fn complete(&self) {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        self.set_done();
+    }
+
+    fn set_done(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.done_cv.notify_all();
+    }
 }
 
 impl Server {
@@ -211,36 +239,84 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// True in a child process after `fork()`: the reactor thread is the
+    /// parent's and does not exist here.
+    fn forked(&self) -> bool {
+        self.fork_generation != fork::generation()
+    }
+
     /// Shuts down gracefully: stop accepting, let in-flight calls finish (new
     /// requests get an error reply) for up to the drain timeout, flush
-    /// replies, close every connection. Blocks until done; safe to call twice
-    /// and from any thread (from a handler running on the I/O thread it only
-    /// starts the shutdown).
+    /// replies, close every connection. Blocks until done; safe to
+    /// call twice and from any thread. On the server's I/O thread (from an
+    /// inline handler or a completion it runs) it only starts the shutdown,
+    /// which goes on on a thread of its own, and returns at once.
+    ///
+    /// In a child process after `fork()` it returns at once and touches
+    /// nothing: the server keeps running in the parent (the child's copies of
+    /// its sockets stay open until the child exits or execs).
     pub fn shutdown(&self) {
+        if self.forked() {
+            self.shutting_down.store(true, Ordering::SeqCst);
+            // Neither join nor detach a thread of the parent's.
+            if let Some(t) = self
+                .finish
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                std::mem::forget(t);
+            }
+            self.finish.set_done();
+            return;
+        }
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return self.wait();
         }
         if self.reactor.is_current_thread() {
-            let (reactor, state, drain) =
-                (self.reactor.clone(), self.state.clone(), self.drain_timeout);
-            std::thread::spawn(move || drain_and_stop(&reactor, &state, drain));
+            // Waiting here would stop the very thread the drain needs.
+            let (reactor, state, drain, finish) = (
+                self.reactor.clone(),
+                self.state.clone(),
+                self.drain_timeout,
+                self.finish.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("foorpc-stop".into())
+                .spawn(move || {
+                    drain_and_stop(&reactor, &state, drain);
+                    finish.complete();
+                });
+            if spawned.is_err() {
+                // No thread for a drain: stop without one once this round ends.
+                self.state.draining.store(true, Ordering::SeqCst);
+                self.reactor.submit(|core| {
+                    core.close_listeners();
+                    core.stop();
+                });
+                self.finish.set_done();
+            }
             return;
         }
         drain_and_stop(&self.reactor, &self.state, self.drain_timeout);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
-        }
-        let (lock, cv) = &self.done;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
+        self.finish.complete();
     }
 
-    /// Blocks until the server has shut down (run in the foreground).
+    /// Blocks until the server has shut down (run in the foreground). Returns
+    /// at once on the server's own I/O thread (which must go on running for
+    /// the shutdown to finish) and in a child process after `fork()`.
     pub fn wait(&self) {
-        let (lock, cv) = &self.done;
-        let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reactor.is_current_thread() || self.forked() {
+            return;
+        }
+        let mut done = self.finish.done.lock().unwrap_or_else(|p| p.into_inner());
         while !*done {
-            done = cv.wait(done).unwrap_or_else(|p| p.into_inner());
+            done = self
+                .finish
+                .done_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }

@@ -806,6 +806,55 @@ fn shutdown_does_not_wait_longer_than_the_drain_timeout() {
 }
 
 #[test]
+fn shutdown_from_the_io_thread_returns_and_the_drain_finishes() {
+    // An inline handler runs on the server's I/O thread: shutdown there (and
+    // again, and dropping a handle) must return at once, and the shutdown
+    // must still finish, so that waiters on other threads wake.
+    let slot: Arc<Mutex<Option<Arc<Server>>>> = Arc::new(Mutex::new(None));
+    let (tx, returned) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let mut router = calc_router();
+    let s = slot.clone();
+    router.register("stop", Execution::Inline, move |req| {
+        req.responder.ok(Value::from("stopping"));
+        let server = s.lock().unwrap().take();
+        if let Some(server) = server {
+            server.shutdown();
+            server.shutdown(); // a second call must not wait on this thread
+            drop(server);
+            let _ = tx.lock().unwrap().send(());
+        }
+    });
+    let server = Arc::new(start_tcp(router));
+    *slot.lock().unwrap() = Some(server.clone());
+    let address = server.local_addr().to_string();
+    let client = Client::connect(&address).unwrap();
+    let _ = client.call_value("stop", &[], Some(PROMPT));
+    if returned.recv_timeout(PROMPT).is_err() {
+        std::mem::forget(server); // its drop would wait too
+        panic!("shutdown on the I/O thread did not return");
+    }
+    let (tx, waited) = mpsc::channel();
+    let waiter = {
+        let server = server.clone();
+        thread::spawn(move || {
+            server.wait();
+            let _ = tx.send(());
+        })
+    };
+    if waited.recv_timeout(Duration::from_secs(10)).is_err() {
+        std::mem::forget(server);
+        panic!("the shutdown started on the I/O thread never finished");
+    }
+    waiter.join().unwrap();
+    assert!(Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .connect(&address)
+        .is_err());
+    server.shutdown(); // from another thread afterwards: returns at once
+}
+
+#[test]
 fn unix_socket_file_is_removed_after_shutdown() {
     let dir = TempDir::new("shutdown");
     let (address, path) = dir.socket("srv.sock");

@@ -87,15 +87,29 @@ type NotificationFn =
     unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const u8, usize, *const foorpc_peer);
 
 thread_local! {
-    /// True while a C request or notification handler runs on this thread
-    /// (inline on an I/O thread, or on a pool thread), where a blocking
-    /// server stop would wait for that very handler's request.
+    /// True while a C request or notification handler (inline on an I/O
+    /// thread, or on a pool thread) or a call callback (possibly on an I/O
+    /// thread) runs on this thread, where a blocking server stop would wait
+    /// for that very handler's request, or for the I/O thread it blocks.
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
 }
 
-/// True while a C handler runs on this thread.
+/// True while a C handler or call callback runs on this thread.
 pub(crate) fn in_handler() -> bool {
     IN_HANDLER.with(Cell::get)
+}
+
+/// Runs `f` (a call into C) with the in-handler flag set; restores the flag
+/// after, also when `f` unwinds.
+pub(crate) fn as_handler<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_HANDLER.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_HANDLER.with(|c| c.replace(true)));
+    f()
 }
 
 /// Something C handlers are registered on: a server being built, or client options.
@@ -144,9 +158,7 @@ fn deliver(
             bytes.len() - at,
         )
     };
-    let was = IN_HANDLER.with(|c| c.replace(true));
-    call();
-    IN_HANDLER.with(|c| c.set(was));
+    as_handler(call);
 }
 
 /// A core request handler calling `callback`, and where it runs.

@@ -47,7 +47,8 @@ pub struct foorpc_peer {
 /// Callbacks of different calls may run at the same time. It must be quick
 /// and must not block: a blocking foorpc call from the I/O thread, or on the
 /// same connection from a thread blocked in a call on it, fails with
-/// FOORPC_RESULT_USAGE (use the asynchronous calls there).
+/// FOORPC_RESULT_USAGE (use the asynchronous calls there). foorpc_server_stop
+/// called from a callback only starts the shutdown and returns at once.
 pub type foorpc_call_callback = Option<
     unsafe extern "C" fn(userdata: *mut c_void, result: foorpc_result, data: *const u8, len: usize),
 >;
@@ -150,7 +151,7 @@ fn deliver(cb: CallbackFn, userdata: SendPtr, outcome: foorpc::Result<Value>) {
         None => (std::ptr::null(), 0),
     };
     // SAFETY: a C function pointer given by the caller, with its userdata.
-    unsafe { cb(userdata.get(), code, ptr, len) };
+    crate::handler::as_handler(|| unsafe { cb(userdata.get(), code, ptr, len) });
 }
 
 /// The body of foorpc_client_call_async and foorpc_peer_call_async.

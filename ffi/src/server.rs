@@ -422,9 +422,11 @@ pub extern "C" fn foorpc_server_run(server: *mut foorpc_server) -> foorpc_result
 /// being handled finish (for up to 10 s; new requests get an error reply; a
 /// handler still holding its responder is waited for even when its
 /// connection has closed), sends their replies, closes every connection,
-/// and wakes foorpc_server_run. Blocks until done, except when called from a handler
-/// (inline or pool), where it only starts the shutdown: waiting there would
-/// wait for the calling handler's own request.
+/// and wakes foorpc_server_run. Blocks until done, except when called from a
+/// handler (inline or pool) or from a foorpc_call_callback (of any client or
+/// server), where it only starts the shutdown and returns at once: waiting
+/// there would wait for the calling handler's own request, or stall the I/O
+/// thread the shutdown needs.
 ///
 /// Any thread may call it, any number of times, also before the server
 /// starts (then it never starts). It is not async-signal-safe: call it from
@@ -447,8 +449,8 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
                 *st = State::Stopping { addrs };
                 drop(st);
                 if in_handler {
-                    // The handler must return (and an I/O thread go on
-                    // running) for the drain to finish.
+                    // The handler or callback must return (and an I/O thread
+                    // go on running) for the drain to finish.
                     let (shared2, server2) = (shared.clone(), server.clone());
                     let spawned = std::thread::Builder::new()
                         .name("foorpc-stop".into())

@@ -558,6 +558,66 @@ static void end_stop_from_pool_handler(struct stopper *st) {
           st->stop_secs, st->stop_rc, st->call_rc, st->call_secs);
 }
 
+/* foorpc_server_stop from a call callback on the server's I/O thread (the
+ * client's answer to a server->client call): returns at once, and the server
+ * stops. */
+static foorpc_server *cb_stop_server;
+static atomic_int cb_stop_entered, cb_stop_returned;
+static void on_confirm_stop(void *ud, foorpc_result rc, const uint8_t *data, size_t len) {
+    (void)ud, (void)rc, (void)data, (void)len;
+    atomic_store(&cb_stop_entered, 1);
+    foorpc_server_stop(cb_stop_server);
+    atomic_store(&cb_stop_returned, 1);
+}
+HANDLER(h_ask_then_stop) { /* inline: asks the client to confirm, stops on the answer */
+    UNUSED_ARGS;
+    foorpc_peer *peer = NULL;
+    if (foorpc_responder_peer(r, &peer) == FOORPC_RESULT_OK)
+        foorpc_peer_call_async(peer, "confirm", NULL, 0, 5000, on_confirm_stop, NULL);
+    foorpc_peer_free(peer);
+    foorpc_responder_ok(r, NULL, 0);
+}
+HANDLER(h_confirm) {
+    UNUSED_ARGS;
+    foorpc_responder_ok(r, (const uint8_t *)"\xc3", 1);
+}
+static void test_stop_from_call_callback(void) {
+    char addr[128];
+    foorpc_client_options *o = NULL;
+    foorpc_client *c = NULL;
+    cb_stop_server = start_server_with(addr, sizeof addr, "ask", h_ask_then_stop, NULL, FOORPC_HANDLER_INLINE);
+    foorpc_client_options_new(&o);
+    foorpc_client_options_register(o, "confirm", h_confirm, NULL, FOORPC_HANDLER_INLINE);
+    if (!cb_stop_server || foorpc_client_connect_with(addr, 5000, o, &c) != FOORPC_RESULT_OK) {
+        foorpc_client_options_free(o);
+        foorpc_server_free(cb_stop_server);
+        return fail("stop_from_call_callback", "setup");
+    }
+    foorpc_client_options_free(o);
+    foorpc_client_call(c, "ask", NULL, 0, 5000, NULL);
+    for (int i = 0; i < 1000 && !atomic_load(&cb_stop_returned); i++) sleep_ms(10);
+    if (!atomic_load(&cb_stop_returned)) {
+        /* The I/O thread is stuck: freeing would block too, so leak both. */
+        return fail("stop_from_call_callback", atomic_load(&cb_stop_entered)
+                                                   ? "foorpc_server_stop in the callback did not return in 10 s"
+                                                   : "the callback did not run");
+    }
+    double t0 = now_s();
+    foorpc_result run_rc = foorpc_server_run(cb_stop_server); /* returns once stopped */
+    double run_secs = now_s() - t0;
+    int refused = 0;
+    for (int i = 0; i < 500 && !refused; i++) {
+        foorpc_client *c2 = NULL;
+        refused = foorpc_client_connect(addr, 1000, &c2) != FOORPC_RESULT_OK;
+        foorpc_client_free(c2);
+        if (!refused) sleep_ms(10);
+    }
+    check("stop_from_call_callback", run_rc == FOORPC_RESULT_OK && run_secs < 5 && refused,
+          "run rc=%u after %.1fs; new connections refused: %d", run_rc, run_secs, refused);
+    foorpc_client_free(c);
+    foorpc_server_free(cb_stop_server);
+}
+
 /* Blocking calls from completion callbacks: documented to fail at once with USAGE
  * on the I/O thread; wherever the callback runs, they must not sit until their timeout. */
 struct nested {
@@ -1002,6 +1062,7 @@ int main(void) {
     test_reader_misuse();
     test_unanswered(addr);
     test_server_free_mid_call();
+    test_stop_from_call_callback();
 
     foorpc_server_free(s);
     end_answer_after_server_free(&bg);
