@@ -1080,8 +1080,9 @@ foorpc_result foorpc_server_run(struct foorpc_server *server);
  * Stops the server gracefully: stops accepting connections, lets requests
  * being handled finish (for up to 10 s; new requests get an error reply; a
  * handler still holding its responder is waited for even when its
- * connection has closed), sends their replies, closes every connection,
- * and wakes foorpc_server_run. Blocks until done, except when called from a
+ * connection has closed), sends their replies (waiting up to 1 s in all,
+ * however many peers do not read them), closes every connection, and wakes
+ * foorpc_server_run. Blocks until done, except when called from a
  * handler (inline or pool) or from a foorpc_call_callback (of any client or
  * server), where it only starts the shutdown and returns at once: waiting
  * there would wait for the calling handler's own request, or stall the I/O

@@ -743,7 +743,12 @@ impl Conn {
 
     /// Writes what is queued, waiting up to `timeout` (used before a graceful close).
     pub(crate) fn flush_for(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        self.flush_until(Instant::now() + timeout);
+    }
+
+    /// Writes what is queued until done or `deadline` (at least one attempt,
+    /// however late), so that several connections can share one deadline.
+    pub(crate) fn flush_until(&self, deadline: Instant) {
         let mut w = lock(&self.write);
         while w.pending() {
             match self.flush_locked(&mut w) {

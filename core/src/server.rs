@@ -18,6 +18,10 @@ use crate::transport::{Address, Listener};
 /// How long a graceful shutdown waits for in-flight calls by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a shutdown waits, in all, for the replies left to write to reach
+/// peers that do not read them: one deadline for every connection.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Shared by a server and its connections: counts requests being handled so
 /// that shutdown can wait for them.
 pub(crate) struct ServerState {
@@ -246,8 +250,9 @@ impl Server {
     }
 
     /// Shuts down gracefully: stop accepting, let in-flight calls finish (new
-    /// requests get an error reply) for up to the drain timeout, flush
-    /// replies, close every connection. Blocks until done; safe to
+    /// requests get an error reply) for up to the drain timeout, write the
+    /// replies left (waiting up to 1 s in all for peers that do not read
+    /// them, however many), close every connection. Blocks until done; safe to
     /// call twice and from any thread. On the server's I/O thread (from an
     /// inline handler or a completion it runs) it only starts the shutdown,
     /// which goes on on a thread of its own, and returns at once.
@@ -328,8 +333,16 @@ fn drain_and_stop(reactor: &ReactorHandle, state: &ServerState, drain: Duration)
     let conns = reactor
         .run_sync(|core| core.connections())
         .unwrap_or_default();
+    // One deadline for all: peers that do not read cost 1 s in all, not
+    // 1 s each. A first round without waiting lets every connection write
+    // what fits before any waits.
+    let now = Instant::now();
     for conn in &conns {
-        conn.flush_for(Duration::from_secs(1));
+        conn.flush_until(now);
+    }
+    let deadline = now + FLUSH_TIMEOUT;
+    for conn in &conns {
+        conn.flush_until(deadline);
     }
     reactor.run_sync(|core| core.stop());
 }

@@ -855,6 +855,39 @@ fn shutdown_from_the_io_thread_returns_and_the_drain_finishes() {
 }
 
 #[test]
+fn shutdown_waits_for_peers_that_do_not_read_one_deadline_in_all() {
+    // Each peer asks for a reply far larger than the socket buffers, reads
+    // its first bytes (so the server is writing it), then reads no more.
+    const PEERS: usize = 5;
+    const BIG: usize = 24 << 20;
+    let mut router = calc_router();
+    router.register("big", Execution::Inline, |req| {
+        req.responder.ok(Value::Binary(vec![7; BIG]));
+    });
+    let server = start_tcp(router);
+    let host_port = tcp_host_port(&server);
+    let mut peers = Vec::new();
+    for i in 0..PEERS {
+        let mut s = std::net::TcpStream::connect(&host_port).unwrap();
+        s.set_read_timeout(Some(PROMPT)).unwrap();
+        s.write_all(&request_bytes(i as u32 + 1, "big", &[]))
+            .unwrap();
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(&mut s, &mut first).expect("the reply did not start");
+        peers.push(s);
+    }
+    let start = Instant::now();
+    server.shutdown();
+    let took = start.elapsed();
+    // About 1 s in all; 1 s per peer before.
+    assert!(
+        took < Duration::from_millis(3500),
+        "shutdown took {took:?} with {PEERS} peers that do not read"
+    );
+    drop(peers);
+}
+
+#[test]
 fn unix_socket_file_is_removed_after_shutdown() {
     let dir = TempDir::new("shutdown");
     let (address, path) = dir.socket("srv.sock");
