@@ -1101,6 +1101,12 @@ foorpc_result foorpc_server_stop(const struct foorpc_server *server);
  * thread still uses the server (a foorpc_server_run blocked on it must have
  * returned). Responders still held by C stay valid (answering them after
  * the stop is harmless).
+ *
+ * In a child process after fork(), foorpc_server_stop and
+ * foorpc_server_free return at once without stopping anything: the server
+ * goes on in the parent, and the child only frees its copy of the handle
+ * (the child's copies of the server's sockets stay open until it exits or
+ * execs).
  */
 void foorpc_server_free(struct foorpc_server *server);
 

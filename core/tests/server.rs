@@ -888,6 +888,51 @@ fn shutdown_waits_for_peers_that_do_not_read_one_deadline_in_all() {
 }
 
 #[test]
+fn shutdown_in_a_forked_child_returns_and_the_parent_serves_on() {
+    let server = start_tcp(calc_router());
+    let address = server.local_addr().to_string();
+    let client = Client::connect(&address).unwrap();
+    assert_eq!(client.call::<i64>("add", (1, 1)).unwrap(), 2);
+    // SAFETY: the child only shuts its copy of the server down and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: in the child; alarm ends it if shutdown hangs.
+        unsafe { libc::alarm(20) };
+        server.shutdown();
+        server.wait();
+        drop(server);
+        // SAFETY: leaves the child without running the test harness's exit.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    let mut exited = false;
+    for _ in 0..3000 {
+        // SAFETY: waits for our own child without blocking.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            exited = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    if !exited {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+    assert!(
+        exited && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's shutdown did not return (status {status:#x})"
+    );
+    // The parent's server was not touched.
+    assert_eq!(client.call::<i64>("add", (2, 3)).unwrap(), 5);
+    let other = Client::connect(&address).unwrap();
+    assert_eq!(other.call::<i64>("add", (3, 3)).unwrap(), 6);
+}
+
+#[test]
 fn unix_socket_file_is_removed_after_shutdown() {
     let dir = TempDir::new("shutdown");
     let (address, path) = dir.socket("srv.sock");

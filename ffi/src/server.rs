@@ -483,6 +483,12 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
 /// thread still uses the server (a foorpc_server_run blocked on it must have
 /// returned). Responders still held by C stay valid (answering them after
 /// the stop is harmless).
+///
+/// In a child process after fork(), foorpc_server_stop and
+/// foorpc_server_free return at once without stopping anything: the server
+/// goes on in the parent, and the child only frees its copy of the handle
+/// (the child's copies of the server's sockets stay open until it exits or
+/// execs).
 #[no_mangle]
 pub extern "C" fn foorpc_server_free(server: *mut foorpc_server) {
     ffi_panic_boundary! {

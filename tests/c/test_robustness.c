@@ -18,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <signal.h>
 #include <stdarg.h>
+#include <sys/wait.h>
 
 static int passed = 0, failed = 0;
 static void check(const char *name, int ok, const char *fmt, ...) { /* one PASS/FAIL line */
@@ -618,6 +620,41 @@ static void test_stop_from_call_callback(void) {
     foorpc_server_free(cb_stop_server);
 }
 
+/* A forked child frees its copy of a running server: returns at once, and
+ * the parent's server serves on. */
+static void test_server_free_in_forked_child(void) {
+    char addr[128];
+    foorpc_server *s = start_server(addr, sizeof addr);
+    foorpc_client *c = s ? connect_to(addr) : NULL;
+    if (!c) {
+        foorpc_server_free(s);
+        return fail("server_free_in_forked_child", "setup");
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20); /* kills the child if free hangs */
+        foorpc_server_stop(s);
+        foorpc_server_free(s);
+        _exit(0);
+    }
+    int status = -1, exited = 0;
+    for (int i = 0; pid > 0 && i < 3000 && !exited; i++) {
+        exited = waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited) sleep_ms(10);
+    }
+    if (pid > 0 && !exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    int64_t sum = 0;
+    foorpc_result rc = call_add(c, "add", 2, 3, 5000, &sum);
+    check("server_free_in_forked_child",
+          exited && WIFEXITED(status) && WEXITSTATUS(status) == 0 && rc == FOORPC_RESULT_OK && sum == 5,
+          "child exited=%d status=%#x; parent's call after it rc=%u sum=%lld", exited, status, rc, (long long)sum);
+    foorpc_client_free(c);
+    foorpc_server_free(s);
+}
+
 /* Blocking calls from completion callbacks: documented to fail at once with USAGE
  * on the I/O thread; wherever the callback runs, they must not sit until their timeout. */
 struct nested {
@@ -1063,6 +1100,7 @@ int main(void) {
     test_unanswered(addr);
     test_server_free_mid_call();
     test_stop_from_call_callback();
+    test_server_free_in_forked_child();
 
     foorpc_server_free(s);
     end_answer_after_server_free(&bg);
