@@ -72,6 +72,96 @@ impl std::str::FromStr for Address {
     }
 }
 
+/// Connects to a Unix socket, waiting at most `timeout` for room in the
+/// listener's backlog.
+///
+/// Written with libc because std has no Unix connect with a timeout. On a
+/// blocking socket, Linux waits for a full backlog for as long as the
+/// socket's send timeout allows (`SO_SNDTIMEO`), so that timeout bounds the
+/// connect; a non-blocking connect would fail at once instead (`EAGAIN`: no
+/// connect is ever in progress on a Unix socket to wait for).
+fn connect_unix(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(Error::from(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unix socket path too long or not valid: {}", path.display()),
+        )));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: fd is a new socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A zero timeval means "no timeout": the shortest wait is one microsecond.
+    let wait = libc::timeval {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: if timeout.is_zero() {
+            1
+        } else {
+            timeout.subsec_micros() as libc::suseconds_t
+        },
+    };
+    set_send_timeout(fd, &wait)?;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un and len is within its size.
+        let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out").into())
+            }
+            _ => return Err(err.into()),
+        }
+    }
+    // Writes pass MSG_DONTWAIT; the timeout only ever bounded the connect.
+    set_send_timeout(
+        fd,
+        &libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    )?;
+    Ok(std::os::unix::net::UnixStream::from(sock))
+}
+
+fn set_send_timeout(fd: RawFd, wait: &libc::timeval) -> Result<()> {
+    // SAFETY: wait points to a timeval, whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (wait as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 /// A connected, non-blocking socket.
 #[derive(Debug)]
 pub enum Stream {
@@ -98,7 +188,7 @@ impl Stream {
                 Err(last.map(Error::from).unwrap_or(Error::Timeout))
             }
             Address::Unix(path) => {
-                let s = std::os::unix::net::UnixStream::connect(path)?;
+                let s = connect_unix(path, timeout)?;
                 s.set_nonblocking(true)?;
                 Ok(Stream::Unix(mio::net::UnixStream::from_std(s)))
             }
@@ -374,5 +464,68 @@ mod tests {
             Address::parse("tcp://[::1]:5").unwrap().to_string(),
             "tcp://[::1]:5"
         );
+    }
+
+    /// A Unix listener that accepts nothing, its backlog filled up.
+    fn full_unix_listener(
+        path: &std::path::Path,
+    ) -> (std::os::unix::net::UnixListener, Vec<mio::net::UnixStream>) {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..100_000 {
+            // Non-blocking: EAGAIN once the backlog is full.
+            match mio::net::UnixStream::connect(path) {
+                Ok(s) => waiting.push(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (listener, waiting),
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+        }
+        panic!("the backlog never filled");
+    }
+
+    #[test]
+    fn a_unix_connect_waits_no_longer_than_its_timeout() {
+        let path = std::env::temp_dir().join(format!("foorpc-connect-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (listener, waiting) = full_unix_listener(&path);
+        let addr = Address::Unix(path.clone());
+        // On a thread, so that a connect that never returns fails the test
+        // instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = addr.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let outcome = Stream::connect(&a, Duration::from_millis(200));
+            let _ = tx.send((outcome, started.elapsed()));
+        });
+        let (outcome, waited) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the connect did not return");
+        assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+        // It waited for room, rather than failing at once.
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        // Once the listener accepts, the same connect goes through.
+        drop(waiting);
+        listener.set_nonblocking(true).unwrap();
+        while listener.accept().is_ok() {}
+        assert!(Stream::connect(&addr, Duration::from_secs(5)).is_ok());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_unix_connect_reports_a_missing_socket_and_a_path_too_long() {
+        let missing = Address::Unix("/nonexistent-foorpc-dir/x.sock".into());
+        match Stream::connect(&missing, Duration::from_secs(1)) {
+            Err(Error::Io { kind, .. }) => assert_eq!(kind, io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+        let long = Address::Unix(std::path::PathBuf::from(format!(
+            "/tmp/{}",
+            "x".repeat(200)
+        )));
+        match Stream::connect(&long, Duration::from_secs(1)) {
+            Err(Error::Io { kind, .. }) => assert_eq!(kind, io::ErrorKind::InvalidInput),
+            other => panic!("{other:?}"),
+        }
     }
 }
