@@ -332,6 +332,66 @@ def test_async_notifications(server: foorpc.Server) -> None:
     assert seen == list(range(100))
 
 
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+def test_async_handler_raising_base_exception_is_answered(
+    server: foorpc.Server, exc: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SystemExit/KeyboardInterrupt from an async handler become the error
+    reply, as from a plain one, and the server's loop keeps running."""
+    noted = threading.Event()
+
+    @server.method
+    async def boom() -> None:
+        raise exc("from handler")
+
+    @server.method
+    async def ok() -> str:
+        return "ok"
+
+    @server.notification
+    async def note_boom() -> None:
+        noted.set()
+        raise exc("from notification")
+
+    addr = serve(server)
+    with foorpc.Client(addr, timeout=10) as c:
+        with pytest.raises(foorpc.RemoteError) as ei:
+            c.boom()
+        assert ei.value.error == [0, f"{exc.__name__}: from handler"]
+        assert c.ok() == "ok"
+        c.notify("note_boom")
+        assert noted.wait(10)
+        assert c.ok() == "ok"  # the notification's exception did not end the loop
+    assert any(r.exc_info and r.exc_info[0] is exc for r in caplog.records)
+    server.shutdown()
+    assert not server.running
+
+
+def test_shutdown_after_the_servers_loop_closed() -> None:
+    """shutdown() still completes (and serve_forever returns) when the
+    server's own asyncio loop has already stopped and closed."""
+    server = foorpc.Server()
+
+    @server.method
+    async def ok() -> str:
+        return "ok"
+
+    server.bind("tcp://127.0.0.1:0")
+    th = threading.Thread(target=server.serve_forever)
+    th.start()
+    deadline = time.monotonic() + 5
+    while not server.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop, loop_thread = server._own_loop, server._loop_thread
+    assert loop is not None and loop_thread is not None
+    loop.call_soon_threadsafe(loop.stop)
+    loop_thread.join(5)
+    assert loop.is_closed()
+    server.shutdown()
+    th.join(5)
+    assert not th.is_alive() and not server.running
+
+
 def test_serve_forever_and_shutdown() -> None:
     server = foorpc.Server()
     server.add_method("ping", lambda: "pong")

@@ -189,10 +189,10 @@ class Server:
     async def _answer(func: Callable[..., Awaitable[Any]], args: Tuple[Any, ...], responder: Responder) -> None:
         try:
             result = await func(*args)
-        except asyncio.CancelledError as e:
-            responder.exception(e)
-            return
-        except Exception as e:
+        except BaseException as e:
+            # Every exception, CancelledError, SystemExit and KeyboardInterrupt
+            # included, becomes the error reply, as in a plain handler: none
+            # escapes the task, where asyncio would end the server's loop.
             responder.exception(e)
             return
         responder.ok(result)
@@ -201,7 +201,10 @@ class Server:
     async def _notify_task(func: Callable[..., Awaitable[Any]], args: Tuple[Any, ...]) -> None:
         try:
             await func(*args)
-        except Exception:
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # SystemExit and KeyboardInterrupt too: they would end the loop.
             log.exception("foorpc: notification handler %r raised", func)
 
     def _start_loop(self) -> None:
@@ -280,15 +283,20 @@ class Server:
         """Graceful shutdown: stop accepting, let calls in flight finish (up to
         ``drain_timeout``), close connections, stop the server's own loop.
         Safe to call more than once and from any thread."""
-        self._core.shutdown()
-        with self._lock:
-            loop, thread = self._own_loop, self._loop_thread
-            self._own_loop = self._loop_thread = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not threading.current_thread():
-                thread.join(10)
-        self._stopped.set()
+        try:
+            self._core.shutdown()
+            with self._lock:
+                loop, thread = self._own_loop, self._loop_thread
+                self._own_loop = self._loop_thread = None
+            if loop is not None and thread is not None:
+                try:
+                    loop.call_soon_threadsafe(loop.stop)
+                except RuntimeError:
+                    pass  # the loop has already stopped and closed
+                if thread is not threading.current_thread():
+                    thread.join(10)
+        finally:
+            self._stopped.set()
 
     def __enter__(self) -> "Server":
         return self
