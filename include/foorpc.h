@@ -628,8 +628,14 @@ bool foorpc_client_is_connected(const struct foorpc_client *client);
  * Closes the connection (as foorpc_client_close) and frees the client.
  * NULL is fine. Must be called once, when no other thread uses the client;
  * callbacks of calls still pending run with FOORPC_RESULT_CLOSED, all of
- * them before it returns. Must not be called from a foorpc callback of this
- * client.
+ * them before it returns. It also waits, however long they take, until no
+ * callback of this client's foorpc_client_call_async runs any more (one the
+ * I/O thread was already delivering, say); a callback that has not started
+ * by then never runs. So no call callback uses its `userdata` once it
+ * returns (handlers registered with foorpc_client_options_register* are
+ * not waited for). Must not be called from a foorpc callback of this
+ * client (if it is, it does not wait for the callbacks the calling thread
+ * is inside of).
  */
 void foorpc_client_free(struct foorpc_client *client);
 
@@ -976,8 +982,9 @@ foorpc_result foorpc_server_new(struct foorpc_server **server_out);
  * string, copied). `flags` is FOORPC_HANDLER_POOL (0) or
  * FOORPC_HANDLER_INLINE; see foorpc_handler_callback for the threads it
  * runs on. `userdata` is passed to every call of `callback` as is; it must
- * stay valid until foorpc_server_free returns (and must be safe to use from
- * several threads at once for pool handlers). Registering a method again
+ * stay valid until foorpc_server_free returns, which waits until no handler
+ * of the server runs any more (and must be safe to use from several threads
+ * at once for pool handlers). Registering a method again
  * replaces its handler. A method nobody registered gets an error reply
  * `[1, "unknown method: NAME"]`.
  *
@@ -1101,6 +1108,14 @@ foorpc_result foorpc_server_stop(const struct foorpc_server *server);
  * thread still uses the server (a foorpc_server_run blocked on it must have
  * returned). Responders still held by C stay valid (answering them after
  * the stop is harmless).
+ *
+ * After the stop it waits, however long they take, until no handler of the
+ * server runs any more: request handlers still running after the stop's
+ * 10 s, and notification handlers (which the stop does not wait for).
+ * Handlers that have not started by then are never called (a request gets
+ * an error reply), so no handler uses a `userdata` of the server once it
+ * returns. (Called from a handler anyway, it does not wait for the handlers
+ * the calling thread is inside of.)
  *
  * In a child process after fork(), foorpc_server_stop and
  * foorpc_server_free return at once without stopping anything: the server

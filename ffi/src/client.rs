@@ -2,14 +2,14 @@
 //! `foorpc_client_options_*`: handlers for what the server sends the client.
 
 use std::os::raw::{c_char, c_void};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use foorpc::{Client, Limits, Router};
 
 use crate::buf::foorpc_buf;
 use crate::error::{fail_with, foorpc_result};
 use crate::handler::{foorpc_handler_callback, foorpc_notification_callback};
-use crate::handler::{register, Handlers, Registration};
+use crate::handler::{register, Handlers, Registration, Running};
 use crate::peer::{self, foorpc_call_callback, timeout};
 
 /// A connection to a MessagePack-RPC server (TCP or Unix socket).
@@ -20,6 +20,8 @@ use crate::peer::{self, foorpc_call_callback, timeout};
 /// with other uses.
 pub struct foorpc_client {
     inner: Client,
+    /// The call callbacks running, which foorpc_client_free waits for.
+    running: Arc<Running>,
 }
 
 /// Options for foorpc_client_connect_with: the handlers of requests and
@@ -220,7 +222,10 @@ pub extern "C" fn foorpc_client_connect_with(
         }
         match builder.connect(address) {
             Ok(inner) => {
-                *out = Box::into_raw(Box::new(foorpc_client { inner }));
+                *out = Box::into_raw(Box::new(foorpc_client {
+                    inner,
+                    running: Running::new(),
+                }));
                 foorpc_result::Ok
             }
             Err(e) => fail_with(&e),
@@ -288,7 +293,16 @@ pub extern "C" fn foorpc_client_call_async(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let client = try_ref!(client);
-        peer::call_async(client.inner.peer(), method, params, params_len, timeout_ms, callback, userdata)
+        peer::call_async(
+            client.inner.peer(),
+            method,
+            params,
+            params_len,
+            timeout_ms,
+            callback,
+            userdata,
+            Some(client.running.clone()),
+        )
     }
 }
 
@@ -335,8 +349,14 @@ pub extern "C" fn foorpc_client_is_connected(client: *const foorpc_client) -> bo
 /// Closes the connection (as foorpc_client_close) and frees the client.
 /// NULL is fine. Must be called once, when no other thread uses the client;
 /// callbacks of calls still pending run with FOORPC_RESULT_CLOSED, all of
-/// them before it returns. Must not be called from a foorpc callback of this
-/// client.
+/// them before it returns. It also waits, however long they take, until no
+/// callback of this client's foorpc_client_call_async runs any more (one the
+/// I/O thread was already delivering, say); a callback that has not started
+/// by then never runs. So no call callback uses its `userdata` once it
+/// returns (handlers registered with foorpc_client_options_register* are
+/// not waited for). Must not be called from a foorpc callback of this
+/// client (if it is, it does not wait for the callbacks the calling thread
+/// is inside of).
 #[no_mangle]
 pub extern "C" fn foorpc_client_free(client: *mut foorpc_client) {
     ffi_panic_boundary! {
@@ -344,6 +364,7 @@ pub extern "C" fn foorpc_client_free(client: *mut foorpc_client) {
             // SAFETY: created by foorpc_client_connect, freed once.
             let c = unsafe { Box::from_raw(client) };
             c.inner.close();
+            c.running.close_and_wait();
             drop(c);
         }
     }

@@ -3,8 +3,11 @@
 //! (`foorpc_server_register*`) and by client-side handlers
 //! (`foorpc_client_options_register*`): both fill a core `Router`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::raw::{c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use foorpc::{Execution, Notification, Request, Router, Value};
 
@@ -112,11 +115,111 @@ pub(crate) fn as_handler<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Counts the C callbacks of one object (a server's handlers, a client's
+/// call callbacks) that are running, so that its `_free` can wait until none
+/// runs; once closed, callbacks that have not started are skipped.
+pub(crate) struct Running {
+    /// Callbacks running, plus CLOSED once closed.
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    idle: Condvar,
+    /// The process that made it: a child after fork() has none of its threads.
+    pid: u32,
+}
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+thread_local! {
+    /// The `Running` counters (by address) whose callbacks this thread is inside of.
+    static ENTERED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Running {
+    pub(crate) fn new() -> Arc<Running> {
+        Arc::new(Running {
+            count: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            idle: Condvar::new(),
+            pid: std::process::id(),
+        })
+    }
+
+    fn key(&self) -> usize {
+        self as *const Running as usize
+    }
+
+    /// Runs `f`, counted, unless closed (then `f` is dropped unrun).
+    pub(crate) fn run(&self, f: impl FnOnce()) {
+        struct Exit<'a>(&'a Running);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                ENTERED.with(|e| {
+                    let mut e = e.borrow_mut();
+                    if let Some(i) = e.iter().rposition(|&k| k == self.0.key()) {
+                        e.remove(i);
+                    }
+                });
+                self.0.exit();
+            }
+        }
+        if self.count.fetch_add(1, Ordering::SeqCst) & CLOSED != 0 {
+            self.exit();
+            return;
+        }
+        ENTERED.with(|e| e.borrow_mut().push(self.key()));
+        let _exit = Exit(self);
+        f();
+    }
+
+    fn exit(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) & CLOSED != 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.idle.notify_all();
+        }
+    }
+
+    /// Skips callbacks from now on, then waits (without a bound) until the
+    /// running ones have returned, except those the calling thread is inside
+    /// of (it would wait for itself). Returns at once in a child process
+    /// after fork(), where the threads running them do not exist.
+    pub(crate) fn close_and_wait(&self) {
+        self.count.fetch_or(CLOSED, Ordering::SeqCst);
+        if std::process::id() != self.pid {
+            return;
+        }
+        let own = ENTERED.with(|e| e.borrow().iter().filter(|&&k| k == self.key()).count());
+        // Short waits: a callback ending between the check and the wait
+        // costs at most one of them.
+        const RECHECK: Duration = Duration::from_millis(10);
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.count.load(Ordering::SeqCst) & !CLOSED > own {
+            guard = self
+                .idle
+                .wait_timeout(guard, RECHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Runs `f` through `running` when there is one.
+pub(crate) fn run_counted(running: &Option<Arc<Running>>, f: impl FnOnce()) {
+    match running {
+        Some(r) => r.run(f),
+        None => f(),
+    }
+}
+
 /// Something C handlers are registered on: a server being built, or client options.
 pub(crate) trait Handlers {
     /// Runs `f` on the router, or fails (with the last error set) when
     /// handlers can no longer be registered.
     fn with_router(&self, f: impl FnOnce(&mut Router)) -> Result<(), foorpc_result>;
+
+    /// The counter of the handlers' runs that `_free` waits for, if any.
+    fn running(&self) -> Option<Arc<Running>> {
+        None
+    }
 }
 
 fn execution(flags: u32) -> Result<Execution, foorpc_result> {
@@ -162,40 +265,49 @@ fn deliver(
 }
 
 /// A core request handler calling `callback`, and where it runs.
+/// Once `running` is closed, a request is answered with an error reply
+/// without calling C.
 fn request_handler(
     callback: foorpc_handler_callback,
     userdata: *mut c_void,
     flags: u32,
+    running: Option<Arc<Running>>,
 ) -> Result<(Execution, impl Fn(Request) + Send + Sync + 'static), foorpc_result> {
     let (cb, execution): (HandlerFn, _) = checked(callback, flags)?;
     let userdata = SendPtr(userdata);
     let handler = move |req: Request| {
-        let resp = Box::into_raw(Box::new(foorpc_responder {
-            inner: req.responder,
-            peer: req.peer,
-        }));
-        deliver(&req.method, req.params, |m, ml, p, pl| {
-            // SAFETY: the caller's C function and userdata; the pointers stay
-            // valid for the duration of the call; `resp` is handed over.
-            unsafe { cb(userdata.get(), m, ml, p, pl, resp) }
+        run_counted(&running, move || {
+            let resp = Box::into_raw(Box::new(foorpc_responder {
+                inner: req.responder,
+                peer: req.peer,
+            }));
+            deliver(&req.method, req.params, |m, ml, p, pl| {
+                // SAFETY: the caller's C function and userdata; the pointers stay
+                // valid for the duration of the call; `resp` is handed over.
+                unsafe { cb(userdata.get(), m, ml, p, pl, resp) }
+            });
         });
     };
     Ok((execution, handler))
 }
 
 /// A core notification handler calling `callback`, and where it runs.
+/// Once `running` is closed, notifications are dropped without calling C.
 fn notification_handler(
     callback: foorpc_notification_callback,
     userdata: *mut c_void,
     flags: u32,
+    running: Option<Arc<Running>>,
 ) -> Result<(Execution, impl Fn(Notification) + Send + Sync + 'static), foorpc_result> {
     let (cb, execution): (NotificationFn, _) = checked(callback, flags)?;
     let userdata = SendPtr(userdata);
     let handler = move |n: Notification| {
-        let peer = foorpc_peer { inner: n.peer };
-        deliver(&n.method, n.params, |m, ml, p, pl| {
-            // SAFETY: as in request_handler; `peer` is borrowed for the call.
-            unsafe { cb(userdata.get(), m, ml, p, pl, &peer) }
+        run_counted(&running, move || {
+            let peer = foorpc_peer { inner: n.peer };
+            deliver(&n.method, n.params, |m, ml, p, pl| {
+                // SAFETY: as in request_handler; `peer` is borrowed for the call.
+                unsafe { cb(userdata.get(), m, ml, p, pl, &peer) }
+            });
         });
     };
     Ok((execution, handler))
@@ -218,7 +330,8 @@ pub(crate) fn register(
 ) -> foorpc_result {
     let installed = match what {
         Registration::Request(method, callback) => {
-            let (execution, handler) = try_ok!(request_handler(callback, userdata, flags));
+            let (execution, handler) =
+                try_ok!(request_handler(callback, userdata, flags, target.running()));
             target.with_router(|r| match method {
                 Some(m) => {
                     r.register(m, execution, handler);
@@ -229,7 +342,12 @@ pub(crate) fn register(
             })
         }
         Registration::Notification(method, callback) => {
-            let (execution, handler) = try_ok!(notification_handler(callback, userdata, flags));
+            let (execution, handler) = try_ok!(notification_handler(
+                callback,
+                userdata,
+                flags,
+                target.running()
+            ));
             target.with_router(|r| match method {
                 Some(m) => {
                     r.notification(m, execution, handler);

@@ -3,6 +3,7 @@
 //! shared with `foorpc_client_*` (a client is a connection too).
 
 use std::os::raw::{c_char, c_void};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foorpc::codec::{check_encoded, DecodeError};
@@ -10,6 +11,7 @@ use foorpc::{Error, Limits, Peer, Value};
 
 use crate::buf::{self, foorpc_buf};
 use crate::error::{code_of, fail, fail_with, foorpc_result, set_last_error};
+use crate::handler::{run_counted, Running};
 
 /// One connection (of a server, or a client's), as handlers see it: call
 /// and notify the other side through it, identify it, close it.
@@ -155,6 +157,8 @@ fn deliver(cb: CallbackFn, userdata: SendPtr, outcome: foorpc::Result<Value>) {
 }
 
 /// The body of foorpc_client_call_async and foorpc_peer_call_async.
+/// `running` counts the callback's run for the client that made the call.
+#[allow(clippy::too_many_arguments)] // the C function's arguments, plus `running`
 pub(crate) fn call_async(
     peer: &Peer,
     method: *const c_char,
@@ -163,6 +167,7 @@ pub(crate) fn call_async(
     timeout_ms: u32,
     callback: foorpc_call_callback,
     userdata: *mut c_void,
+    running: Option<Arc<Running>>,
 ) -> foorpc_result {
     let method = try_cstr!(method);
     let Some(cb) = callback else {
@@ -176,7 +181,7 @@ pub(crate) fn call_async(
             pending.on_complete(move |outcome| {
                 // A panic must not unwind into the I/O thread's C caller chain.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    deliver(cb, userdata, outcome)
+                    run_counted(&running, || deliver(cb, userdata, outcome))
                 }));
             });
             foorpc_result::Ok
@@ -258,7 +263,7 @@ pub extern "C" fn foorpc_peer_call_async(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let peer = try_ref!(peer);
-        call_async(&peer.inner, method, params, params_len, timeout_ms, callback, userdata)
+        call_async(&peer.inner, method, params, params_len, timeout_ms, callback, userdata, None)
     }
 }
 

@@ -15,7 +15,7 @@ use foorpc::{Error, Limits, Peer, Responder, Router, Server, Value};
 use crate::error::{fail, fail_with, foorpc_result};
 use crate::handler::{
     foorpc_handler_callback, foorpc_notification_callback, in_handler, register, Handlers,
-    Registration,
+    Registration, Running,
 };
 use crate::peer::foorpc_peer;
 
@@ -30,6 +30,8 @@ pub struct foorpc_server {
 struct Shared {
     state: Mutex<State>,
     stopped: Condvar,
+    /// The C handlers running, which foorpc_server_free waits for.
+    running: Arc<Running>,
 }
 
 enum State {
@@ -176,6 +178,7 @@ pub extern "C" fn foorpc_server_new(server_out: *mut *mut foorpc_server) -> foor
                 addrs: Vec::new(),
             }),
             stopped: Condvar::new(),
+            running: Running::new(),
         });
         *out = Box::into_raw(Box::new(foorpc_server { shared }));
         foorpc_result::Ok
@@ -197,14 +200,19 @@ impl Handlers for foorpc_server {
             )),
         }
     }
+
+    fn running(&self) -> Option<Arc<Running>> {
+        Some(self.shared.running.clone())
+    }
 }
 
 /// Registers `callback` for requests to `method` (a NUL-terminated UTF-8
 /// string, copied). `flags` is FOORPC_HANDLER_POOL (0) or
 /// FOORPC_HANDLER_INLINE; see foorpc_handler_callback for the threads it
 /// runs on. `userdata` is passed to every call of `callback` as is; it must
-/// stay valid until foorpc_server_free returns (and must be safe to use from
-/// several threads at once for pool handlers). Registering a method again
+/// stay valid until foorpc_server_free returns, which waits until no handler
+/// of the server runs any more (and must be safe to use from several threads
+/// at once for pool handlers). Registering a method again
 /// replaces its handler. A method nobody registered gets an error reply
 /// `[1, "unknown method: NAME"]`.
 ///
@@ -484,6 +492,14 @@ pub extern "C" fn foorpc_server_stop(server: *const foorpc_server) -> foorpc_res
 /// returned). Responders still held by C stay valid (answering them after
 /// the stop is harmless).
 ///
+/// After the stop it waits, however long they take, until no handler of the
+/// server runs any more: request handlers still running after the stop's
+/// 10 s, and notification handlers (which the stop does not wait for).
+/// Handlers that have not started by then are never called (a request gets
+/// an error reply), so no handler uses a `userdata` of the server once it
+/// returns. (Called from a handler anyway, it does not wait for the handlers
+/// the calling thread is inside of.)
+///
 /// In a child process after fork(), foorpc_server_stop and
 /// foorpc_server_free return at once without stopping anything: the server
 /// goes on in the parent, and the child only frees its copy of the handle
@@ -500,6 +516,7 @@ pub extern "C" fn foorpc_server_free(server: *mut foorpc_server) {
         let s = unsafe { Box::from_raw(server) };
         let st = s.shared.lock();
         s.shared.wait_stopped(st);
+        s.shared.running.close_and_wait();
     }
 }
 

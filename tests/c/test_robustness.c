@@ -662,6 +662,60 @@ static void test_server_free_in_forked_child(void) {
     foorpc_server_free(s);
 }
 
+/* foorpc_server_free waits for pool notification handlers still running
+ * (the stop does not), and none starts after it returns. */
+static atomic_int note_started, note_running, note_finished;
+static void on_slow_note(void *ud, const char *m, size_t ml, const uint8_t *p, size_t pl, const foorpc_peer *peer) {
+    (void)ud, (void)m, (void)ml, (void)p, (void)pl, (void)peer;
+    atomic_fetch_add(&note_started, 1);
+    atomic_fetch_add(&note_running, 1);
+    sleep_ms(300);
+    atomic_fetch_sub(&note_running, 1);
+    atomic_fetch_add(&note_finished, 1);
+}
+static void test_server_free_waits_for_notification_handlers(void) {
+    char addr[128];
+    foorpc_server *s = NULL;
+    foorpc_client *c = NULL;
+    if (foorpc_server_new(&s) || foorpc_server_register_notification(s, "slow", on_slow_note, NULL, FOORPC_HANDLER_POOL) ||
+        foorpc_server_bind(s, "tcp://127.0.0.1:0") || foorpc_server_local_address(s, addr, sizeof addr, NULL) ||
+        foorpc_server_start(s) || !(c = connect_to(addr))) {
+        foorpc_server_free(s);
+        return fail("server_free_waits_for_notification_handlers", "setup");
+    }
+    for (int i = 0; i < 8; i++) foorpc_client_notify(c, "slow", (const uint8_t *)"\x90", 1);
+    for (int i = 0; i < 500 && !atomic_load(&note_started); i++) sleep_ms(10);
+    foorpc_server_free(s);
+    int running = atomic_load(&note_running), started = atomic_load(&note_started);
+    sleep_ms(400);
+    int started_later = atomic_load(&note_started) - started;
+    check("server_free_waits_for_notification_handlers", started > 0 && running == 0 && started_later == 0,
+          "started %d; running when foorpc_server_free returned %d; started after it %d", started, running,
+          started_later);
+    foorpc_client_free(c);
+}
+
+/* foorpc_client_free waits for a call callback already running on the I/O thread. */
+static atomic_int cb_started, cb_finished;
+static void on_slow_done(void *ud, foorpc_result rc, const uint8_t *data, size_t len) {
+    (void)ud, (void)rc, (void)data, (void)len;
+    atomic_store(&cb_started, 1);
+    sleep_ms(300);
+    atomic_store(&cb_finished, 1);
+}
+static void test_client_free_waits_for_running_callback(const char *addr) {
+    foorpc_client *c = connect_to(addr);
+    if (!c || foorpc_client_call_async(c, "add", (const uint8_t *)"\x92\x01\x02", 3, 5000, on_slow_done, NULL)) {
+        foorpc_client_free(c);
+        return fail("client_free_waits_for_running_callback", "setup");
+    }
+    for (int i = 0; i < 500 && !atomic_load(&cb_started); i++) sleep_ms(10);
+    foorpc_client_free(c);
+    check("client_free_waits_for_running_callback", atomic_load(&cb_started) && atomic_load(&cb_finished),
+          "callback started %d, finished %d when foorpc_client_free returned", atomic_load(&cb_started),
+          atomic_load(&cb_finished));
+}
+
 /* Blocking calls from completion callbacks: documented to fail at once with USAGE
  * on the I/O thread; wherever the callback runs, they must not sit until their timeout. */
 struct nested {
@@ -1108,6 +1162,8 @@ int main(void) {
     test_server_free_mid_call();
     test_stop_from_call_callback();
     test_server_free_in_forked_child();
+    test_server_free_waits_for_notification_handlers();
+    test_client_free_waits_for_running_callback(addr);
 
     foorpc_server_free(s);
     end_answer_after_server_free(&bg);
