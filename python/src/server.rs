@@ -285,6 +285,32 @@ impl ServerCore {
     }
 }
 
+impl Drop for ServerCore {
+    /// Freed while still running (no `shutdown()`): dropping the core server
+    /// shuts it down, which waits for the calls in flight, whose handlers need
+    /// the GIL that whoever frees this object holds (any thread, the cycle
+    /// collector's included, perhaps a handler's own). So the shutdown runs on
+    /// a thread of its own and the replies in flight are still sent.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(server) = st.server.take() else {
+            return;
+        };
+        // If no thread can be started, the slot still holds the server.
+        let slot = Arc::new(Mutex::new(Some(server)));
+        let moved = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("foorpc-server-drop".into())
+            .spawn(move || drop(moved.lock().unwrap_or_else(|p| p.into_inner()).take()));
+        if spawned.is_err() {
+            let server = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            // Wait here then, with the GIL released (if Python can no longer
+            // be attached to, the closure is dropped unrun: the same wait).
+            let _ = Python::try_attach(|py| py.detach(move || drop(server)));
+        }
+    }
+}
+
 fn not_running(st: &State) -> PyResult<()> {
     if st.server.is_some() || st.stopped {
         return Err(PyRuntimeError::new_err(

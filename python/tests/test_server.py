@@ -430,6 +430,43 @@ def test_graceful_shutdown_finishes_calls_in_flight() -> None:
         assert out == ["done"]
 
 
+def test_dropping_a_running_server_finishes_calls_in_flight() -> None:
+    """A running server freed without shutdown() shuts down without holding
+    the GIL: its handler in flight still runs, its reply is sent, and the
+    thread that freed it is not held up for the drain."""
+    import gc
+
+    server = foorpc.Server(drain_timeout=5)
+    started = threading.Event()
+
+    @server.method
+    def slow() -> str:
+        started.set()
+        time.sleep(0.3)
+        return "done"
+
+    addr = serve(server)
+    with foorpc.Client(addr, timeout=10) as c:
+        out: list[Any] = []
+
+        def call() -> None:
+            try:
+                out.append(c.slow())
+            except foorpc.RpcError as e:
+                out.append(e)
+
+        t = threading.Thread(target=call)
+        t.start()
+        assert started.wait(5)
+        t0 = time.monotonic()
+        del server
+        gc.collect()
+        freed_in = time.monotonic() - t0
+        t.join(10)
+    assert out == ["done"]
+    assert freed_in < 2.5  # not the 5 s drain
+
+
 def test_context_manager_and_registration_rules() -> None:
     with foorpc.Server() as server:
         server.add_method("x", lambda: 1)
