@@ -25,10 +25,7 @@ impl From<foorpc::Error> for Error {
 impl From<Error> for PyErr {
     fn from(Error(e): Error) -> PyErr {
         match e {
-            foorpc::Error::Remote(v) => Python::attach(|py| match convert::to_py(py, v) {
-                Ok(obj) => RemoteError::new_err((obj.unbind(),)),
-                Err(err) => err,
-            }),
+            foorpc::Error::Remote(v) => Python::attach(|py| remote_error(py, v)),
             foorpc::Error::Timeout => RpcTimeoutError::new_err("call timed out"),
             foorpc::Error::Closed => ConnectionLostError::new_err("the connection was closed"),
             // A protocol error always closes the connection.
@@ -38,6 +35,53 @@ impl From<Error> for PyErr {
             e @ foorpc::Error::InvalidAddress(_) => PyValueError::new_err(e.to_string()),
             e => RpcError::new_err(e.to_string()),
         }
+    }
+}
+
+/// How much of an error object that cannot become a Python value is shown.
+const SHOWN_CHARS: usize = 200;
+
+/// The `RemoteError` for the peer's error object `v`. One that cannot become
+/// a Python value (a map used as a map key, keys equal in Python) still
+/// gives a `RemoteError`, with `error` None, the reason and the object as
+/// text in `message`, and the conversion error as `__cause__`.
+fn remote_error(py: Python<'_>, v: foorpc::Value) -> PyErr {
+    let kept = v.clone();
+    let cause = match convert::to_py(py, v) {
+        Ok(obj) => return RemoteError::new_err((obj.unbind(),)),
+        Err(cause) => cause,
+    };
+    let mut shown: String = kept.to_string().chars().take(SHOWN_CHARS + 1).collect();
+    if shown.chars().count() > SHOWN_CHARS {
+        shown = shown.chars().take(SHOWN_CHARS).collect::<String>() + "...";
+    }
+    let message = format!(
+        "the peer's error object cannot become a Python value ({}): {shown}",
+        type_and_message(cause.value(py))
+    );
+    let err = RemoteError::new_err((py.None(),));
+    if let Err(e) = err.value(py).setattr("message", message) {
+        e.write_unraisable(py, None);
+    }
+    err.set_cause(py, Some(cause));
+    err
+}
+
+/// `"TypeName: message"`, or `"TypeName"` for an empty message.
+fn type_and_message(value: &Bound<'_, pyo3::exceptions::PyBaseException>) -> String {
+    let name = value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let msg = value
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| String::new());
+    if msg.is_empty() {
+        name
+    } else {
+        format!("{name}: {msg}")
     }
 }
 
@@ -54,21 +98,7 @@ pub fn encode_error_object(py: Python<'_>, err: &PyErr, out: &mut Vec<u8>) {
             out.truncate(start);
         }
     }
-    let name = value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "Exception".into());
-    let msg = value
-        .str()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|_| String::new());
-    let text = if msg.is_empty() {
-        name
-    } else {
-        format!("{name}: {msg}")
-    };
-    let obj = foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, text);
+    let obj = foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, type_and_message(value));
     foorpc::codec::encode_value(out, &obj);
 }
 

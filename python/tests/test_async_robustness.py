@@ -162,6 +162,7 @@ class RawServer:
     partial(x)         -> half of the reply to x, then closes
     reply_as(err, res) -> the response [1, msgid, err, res] as given
     raw_result(bytes)  -> a response whose result is these raw MessagePack bytes
+    raw_error(bytes)   -> a response whose error is these raw MessagePack bytes
     garbage()          -> bytes that are no MessagePack
     twice(x)           -> the reply to x, twice
     stray(x)           -> replies for msgids nobody used, then x
@@ -271,6 +272,8 @@ class RawServer:
             send(reply(params[1], params[0]))
         elif method == "raw_result":
             send(b"\x94\x01" + bytes(msgpack.packb(msgid)) + b"\xc0" + bytes(params[0]))
+        elif method == "raw_error":
+            send(b"\x94\x01" + bytes(msgpack.packb(msgid)) + bytes(params[0]) + b"\xc0")
         elif method == "garbage":
             send(b"\xc1" * 16)
         elif method == "twice":
@@ -1724,6 +1727,44 @@ def test_odd_replies_from_a_raw_server(raw: RawServer, mode: str) -> None:
             assert c.pending_calls == 0
 
     run(main())
+
+
+# Error objects a dict cannot hold: a map used as a map key, keys equal in
+# Python ({1: "a", true: "b"}), the same key twice inside an array.
+UNCONVERTIBLE_ERRORS = [
+    (b"\x81\x80\x01", TypeError, "{{}: 1}"),
+    (b"\x82\x01\xa1a\xc3\xa1b", ValueError, '{1: "a", true: "b"}'),
+    (b"\x92\x01\x82\xa1k\x01\xa1k\x02", ValueError, '[1, {"k": 1, "k": 2}]'),
+]
+
+
+def check_unconvertible_error(e: foorpc.RemoteError, cause: type, shown: str) -> None:
+    assert e.error is None and e.code is None
+    assert isinstance(e.__cause__, cause)
+    assert e.message is not None and cause.__name__ in e.message and shown in e.message
+    assert str(e) == f"remote error: {e.message}"
+
+
+def test_error_object_that_cannot_become_a_python_value(raw: RawServer, mode: str) -> None:
+    """Still a RemoteError (error None, the reason and the object as text in
+    .message, the conversion error as __cause__); the connection goes on."""
+
+    async def main() -> None:
+        async with await connect(raw.address, mode) as c:
+            for data, cause, shown in UNCONVERTIBLE_ERRORS:
+                with pytest.raises(foorpc.RemoteError) as ei:
+                    await asyncio.wait_for(c.raw_error(data), 5)
+                check_unconvertible_error(ei.value, cause, shown)
+            assert await c.echo("after") == "after"
+            assert c.pending_calls == 0
+
+    run(main())
+    with foorpc.Client(raw.address, timeout=5) as c:
+        for data, cause, shown in UNCONVERTIBLE_ERRORS:
+            with pytest.raises(foorpc.RemoteError) as ei:
+                c.raw_error(data)
+            check_unconvertible_error(ei.value, cause, shown)
+        assert c.echo("after") == "after"
 
 
 def test_a_protocol_violation_closes_the_connection(raw: RawServer, mode: str) -> None:

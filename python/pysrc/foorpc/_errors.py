@@ -20,7 +20,10 @@ class RemoteError(RpcError):
     ``error`` is the peer's error object exactly as it was sent (foorpc peers
     send ``[code, message]``; other peers may send a string, a map, ...).
     ``code`` and ``message`` are set when the object has the ``[int, str]``
-    shape, else they are ``None``.
+    shape, else they are ``None``. An error object that cannot become a
+    Python value (a map used as a map key, or keys that are equal in Python)
+    gives ``error`` None, ``code`` None, and in ``message`` why and the object
+    as text; the conversion error is the ``__cause__``.
 
     A server handler may raise ``RemoteError(obj)`` to answer with the error
     object ``obj`` unchanged.
@@ -47,6 +50,8 @@ class RemoteError(RpcError):
     def __str__(self) -> str:
         if self.code is not None:
             return f"remote error {self.code}: {self.message}"
+        if self.message is not None:
+            return f"remote error: {self.message}"
         return f"remote error: {self.error!r}"
 
 
