@@ -87,11 +87,23 @@ fn type_and_message(value: &Bound<'_, pyo3::exceptions::PyBaseException>) -> Str
 
 /// Appends the error object sent in reply when a Python handler raised `err`:
 /// a `RemoteError`'s `.error` unchanged, otherwise `[0, "TypeName: message"]`.
+/// A falsy `.error` (None, False, 0, "", [], {}) would read as success to a
+/// peer that tests `if error:`, so it becomes `[0, "RemoteError: <repr>"]`.
 pub fn encode_error_object(py: Python<'_>, err: &PyErr, out: &mut Vec<u8>) {
     let value = err.value(py);
     let start = out.len();
     if value.is_instance_of::<RemoteError>() {
         if let Ok(obj) = value.getattr("error") {
+            // An object whose truth cannot be told is tried as it is.
+            if !obj.is_truthy().unwrap_or(true) {
+                let text = match obj.repr() {
+                    Ok(r) => format!("RemoteError: {r}"),
+                    Err(_) => "RemoteError".into(),
+                };
+                let obj = foorpc::Error::error_object(foorpc::ERROR_CODE_EXCEPTION, text);
+                foorpc::codec::encode_value(out, &obj);
+                return;
+            }
             if convert::encode(&obj, out, 0).is_ok() {
                 return;
             }

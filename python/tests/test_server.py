@@ -122,6 +122,41 @@ def test_error_reply_on_the_wire(server: foorpc.Server) -> None:
                 return
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_falsy_remote_error_object_is_not_sent(server: foorpc.Server, kind: str) -> None:
+    """RemoteError(obj) with a falsy obj would read as success to a peer that
+    tests `if error:`; it goes out as [0, "RemoteError: <repr>"]."""
+    import socket
+
+    import msgpack
+
+    falsy: list[Any] = [None, False, 0, 0.0, "", b"", [], {}]
+    for i, obj in enumerate(falsy):
+        def raiser(obj: Any = obj) -> None:
+            raise foorpc.RemoteError(obj)
+
+        async def araiser(obj: Any = obj) -> None:
+            raise foorpc.RemoteError(obj)
+
+        server.add_method(f"f{i}", raiser if kind == "sync" else araiser)
+
+    addr = serve(server)
+    host, port = addr[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        for i in range(len(falsy)):
+            s.sendall(msgpack.packb([0, i, f"f{i}", []]))
+        u = msgpack.Unpacker(strict_map_key=False)
+        replies: dict[int, Any] = {}
+        while len(replies) < len(falsy):
+            data = s.recv(4096)
+            assert data, "connection closed"
+            u.feed(data)
+            for msg in u:
+                replies[msg[1]] = msg
+    for i, obj in enumerate(falsy):
+        assert replies[i] == [1, i, [0, f"RemoteError: {obj!r}"], None]
+
+
 def test_sync_handlers_run_concurrently(server: foorpc.Server) -> None:
     @server.method
     def slow(x: int) -> int:

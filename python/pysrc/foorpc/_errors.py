@@ -26,7 +26,9 @@ class RemoteError(RpcError):
     as text; the conversion error is the ``__cause__``.
 
     A server handler may raise ``RemoteError(obj)`` to answer with the error
-    object ``obj`` unchanged.
+    object ``obj`` unchanged; a falsy ``obj`` (None, False, 0, "", [], {}),
+    which peers would read as success, is sent as
+    ``[0, "RemoteError: <repr(obj)>"]``.
     """
 
     error: Any

@@ -64,7 +64,9 @@ class Server:
     connection as a `Peer` and can call back into the client.
 
     A handler's exception becomes the error reply ``[0, "TypeName: message"]``;
-    raising ``foorpc.RemoteError(obj)`` sends ``obj`` unchanged.
+    raising ``foorpc.RemoteError(obj)`` sends ``obj`` unchanged (a falsy
+    ``obj``, which peers would read as success, sends
+    ``[0, "RemoteError: <repr(obj)>"]``).
 
     ``timeout``: default timeout of handlers' calls back to clients;
     ``drain_timeout``: how long `shutdown` waits for calls in flight;
