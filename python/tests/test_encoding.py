@@ -288,8 +288,15 @@ def test_server_results_and_errors_match_the_core_encoder(
             for method in ("echo", "aecho"):
                 reply = up.exchange(_request_prefix(i, method) + core)
                 assert reply == _reply_prefix(i) + b"\xc0" + core, f"{method} {repr(v)[:60]}"
-            if v is None:
-                continue  # a nil error object would read as success
+            if not v:
+                # A falsy error object would read as success: it is replaced.
+                for method in ("fail", "afail"):
+                    reply = up.exchange(_request_prefix(i, method) + core)
+                    prefix = _reply_prefix(i)
+                    assert reply.startswith(prefix) and reply.endswith(b"\xc0"), method
+                    err = msgpack.unpackb(reply[len(prefix):-1])
+                    assert err[0] == 0 and err[1].startswith("RemoteError: "), f"{method} {err!r}"
+                continue
             for method in ("fail", "afail"):
                 reply = up.exchange(_request_prefix(i, method) + core)
                 assert reply == _reply_prefix(i) + core + b"\xc0", f"{method} {repr(v)[:60]}"
