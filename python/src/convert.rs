@@ -123,7 +123,16 @@ fn encode_slow(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyRes
     let py = obj.py();
     let t = types(py)?;
     if obj.is_instance(t.float32.bind(py))? {
-        let f = obj.extract::<f64>()? as f32;
+        let wide = obj.extract::<f64>()?;
+        let f = wide as f32;
+        // Rounded to the nearest float32; a finite value beyond its range
+        // would go out as inf, so it is refused, as out-of-range ints are.
+        if f.is_infinite() && wide.is_finite() {
+            return Err(PyOverflowError::new_err(format!(
+                "Float32({wide:?}) is outside the float32 range (magnitude at most {:e})",
+                f32::MAX
+            )));
+        }
         out.push(0xca);
         out.extend_from_slice(&f.to_be_bytes());
         return Ok(());

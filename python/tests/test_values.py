@@ -67,6 +67,22 @@ def test_float32_kept(calc: str) -> None:
         assert type(c.echo(0.1)) is float and c.echo(0.1) == 0.1
 
 
+def test_float32_out_of_range_raises_overflow_error(calc: str) -> None:
+    """A finite value beyond float32's range is refused, as out-of-range
+    ints are; the largest float32 and infinities still go out."""
+    big = 3.4028234663852886e38  # the largest float32
+    with foorpc.Client(calc) as c:
+        for v in (1e300, -1e300, 3.5e38, -3.5e38):
+            with pytest.raises(OverflowError, match="float32 range"):
+                c.echo(foorpc.Float32(v))
+        assert c.echo(foorpc.Float32(big)) == big
+        assert c.echo(foorpc.Float32(-big)) == -big
+        assert c.echo(foorpc.Float32(math.inf)) == math.inf
+        assert c.echo(foorpc.Float32(-math.inf)) == -math.inf
+        assert math.isnan(c.echo(foorpc.Float32(math.nan)))
+        assert c.echo("still usable") == "still usable"
+
+
 def test_ext_round_trip(calc: str) -> None:
     with foorpc.Client(calc) as c:
         for ext in (foorpc.ExtType(5, b"abc"), foorpc.ExtType(-1, bytes(12)), foorpc.ExtType(127, b"")):

@@ -23,6 +23,8 @@ class Float32(float):
 
     Received float32 values arrive as ``Float32`` (a ``float``), so echoing
     one sends float32 again; plain ``float`` is always sent as float64.
+    Sending rounds to the nearest float32; a finite value beyond float32's
+    range (±3.4028235e38) raises ``OverflowError``.
     """
 
     __slots__ = ()
