@@ -1,13 +1,15 @@
 //! `ServerCore` (the native half of `foorpc.Server`), handlers and `Responder`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use foorpc::{Execution, Notification, Request, Router, Value};
 use pyo3::exceptions::PyBaseException;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::client::{seconds, Peer};
 use crate::convert;
@@ -286,28 +288,34 @@ impl ServerCore {
 }
 
 impl Drop for ServerCore {
-    /// Freed while still running (no `shutdown()`): dropping the core server
-    /// shuts it down, which waits for the calls in flight, whose handlers need
-    /// the GIL that whoever frees this object holds (any thread, the cycle
-    /// collector's included, perhaps a handler's own). So the shutdown runs on
-    /// a thread of its own and the replies in flight are still sent.
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let Some(server) = st.server.take() else {
-            return;
-        };
-        // If no thread can be started, the slot still holds the server.
-        let slot = Arc::new(Mutex::new(Some(server)));
-        let moved = slot.clone();
-        let spawned = std::thread::Builder::new()
-            .name("foorpc-server-drop".into())
-            .spawn(move || drop(moved.lock().unwrap_or_else(|p| p.into_inner()).take()));
-        if spawned.is_err() {
-            let server = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            // Wait here then, with the GIL released (if Python can no longer
-            // be attached to, the closure is dropped unrun: the same wait).
-            let _ = Python::try_attach(|py| py.detach(move || drop(server)));
+        if let Some(server) = st.server.take() {
+            drop_in_background(server);
         }
+    }
+}
+
+/// Drops the core server of a `ServerCore` being freed (or cleared by the
+/// cycle collector), perhaps still running (no `shutdown()`). Dropping it
+/// shuts it down, which waits for the calls in flight, whose handlers need
+/// the GIL that whoever frees the `ServerCore` holds (any thread, the cycle
+/// collector's included, perhaps a handler's own). So that runs on a thread
+/// of its own, and the replies in flight are still sent. It also drops the
+/// router, whose handlers' references then go (PyO3 releases them the next
+/// time it holds the GIL).
+fn drop_in_background(server: Arc<foorpc::Server>) {
+    // If no thread can be started, the slot still holds the server.
+    let slot = Arc::new(Mutex::new(Some(server)));
+    let moved = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("foorpc-server-drop".into())
+        .spawn(move || drop(moved.lock().unwrap_or_else(|p| p.into_inner()).take()));
+    if spawned.is_err() {
+        let server = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Wait here then, with the GIL released (if Python can no longer
+        // be attached to, the closure is dropped unrun: the same wait).
+        let _ = Python::try_attach(|py| py.detach(move || drop(server)));
     }
 }
 
@@ -481,6 +489,48 @@ impl ServerCore {
         match server {
             Some(s) => py.detach(|| s.connection_count()),
             None => 0,
+        }
+    }
+
+    /// The handlers, for the cycle collector: handlers often refer to the
+    /// `foorpc.Server` that holds this object (its async handlers always do).
+    /// Each handler's callable is one reference of this object's; the running
+    /// router's clones of it share that reference and are not visited again.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never wait in the collector: a state in use now is skipped this
+        // time (its handlers then look referenced from elsewhere, which only
+        // delays their collection).
+        let st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
+        let handlers = st.methods.iter().chain(st.notes.iter()).map(|(_, h)| h);
+        for h in handlers.chain(st.note_fallback.iter()) {
+            visit.call(h.func.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Breaks a reference cycle: drops the handlers and shuts the server down
+    /// as if this object were freed (a shut down server is also freed).
+    fn __clear__(&self) {
+        let (methods, notes, fallback, server) = {
+            let mut st = self.lock();
+            st.stopped = true;
+            st.shutdown_requested = true;
+            st.builder = None;
+            (
+                std::mem::take(&mut st.methods),
+                std::mem::take(&mut st.notes),
+                st.note_fallback.take(),
+                st.server.take(),
+            )
+        };
+        // Dropped outside the lock: a callable freed here may run Python.
+        drop((methods, notes, fallback));
+        if let Some(server) = server {
+            drop_in_background(server);
         }
     }
 }

@@ -4,8 +4,11 @@ notifications, lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 import pytest
@@ -469,7 +472,6 @@ def test_dropping_a_running_server_finishes_calls_in_flight() -> None:
     """A running server freed without shutdown() shuts down without holding
     the GIL: its handler in flight still runs, its reply is sent, and the
     thread that freed it is not held up for the drain."""
-    import gc
 
     server = foorpc.Server(drain_timeout=5)
     started = threading.Event()
@@ -500,6 +502,53 @@ def test_dropping_a_running_server_finishes_calls_in_flight() -> None:
         t.join(10)
     assert out == ["done"]
     assert freed_in < 2.5  # not the 5 s drain
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _server_referred_to_by_its_handler(kind: str) -> "weakref.ref[foorpc.Server]":
+    """Starts, uses and shuts down a server whose handler refers to it (a
+    sync handler naming it, or any async handler, which the server wraps in
+    a closure over itself); returns a weak reference to it."""
+    server = foorpc.Server()
+    if kind == "sync":
+
+        @server.method
+        def ping() -> Any:
+            return server.running
+
+    else:
+
+        @server.method
+        async def ping() -> Any:
+            return True
+
+    addr = serve(server)
+    with foorpc.Client(addr, timeout=10) as c:
+        assert c.ping() is True
+    server.shutdown()
+    return weakref.ref(server)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_server_referred_to_by_its_handlers_is_freed(kind: str) -> None:
+    """The cycle server -> handler -> server is collected, and the server's
+    descriptors are released."""
+    _server_referred_to_by_its_handler(kind)  # the first one's lazy setup
+    gc.collect()
+    before = _open_fds()
+    refs = [_server_referred_to_by_its_handler(kind) for _ in range(5)]
+    deadline = time.monotonic() + 10
+    while any(r() is not None for r in refs) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.02)
+    assert all(r() is None for r in refs)
+    while _open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _open_fds() <= before
 
 
 def test_context_manager_and_registration_rules() -> None:
