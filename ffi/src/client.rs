@@ -278,8 +278,11 @@ pub extern "C" fn foorpc_client_call(
 ///
 /// When it returns FOORPC_RESULT_OK the callback runs exactly once (also
 /// when the call times out, the connection fails, or the client is closed or
-/// freed first); when it returns an error the callback never runs.
-/// `userdata` must stay valid until the callback has run.
+/// freed first), with one exception: a reply the I/O thread has read but
+/// not yet handed to the callback when foorpc_client_free starts is dropped
+/// and its callback never runs (see foorpc_client_free). When it returns an
+/// error the callback never runs. `userdata` must stay valid until the
+/// callback has run, or until foorpc_client_free has returned.
 /// Thread-safe; callable from any thread, including from a callback.
 #[no_mangle]
 pub extern "C" fn foorpc_client_call_async(
