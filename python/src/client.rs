@@ -131,7 +131,7 @@ impl Connection {
                 Handler::new(v.unbind(), false, false),
             ));
         }
-        let router = build_router(methods, notes, None);
+        let router = build_router(0, methods, notes, None);
         let builder = foorpc::Client::builder()
             .connect_timeout(connect_timeout)
             .call_timeout(default_timeout)

@@ -1,5 +1,7 @@
 //! `ServerCore` (the native half of `foorpc.Server`), handlers and `Responder`.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
@@ -53,10 +55,34 @@ impl Handler {
     }
 }
 
-/// Builds a core router from Python handlers: plain methods run on the worker
-/// pool, deferred ones (and notifications) on the I/O thread. The fallback
-/// takes every notification without a handler of its own, method name first.
+/// Identifies a `ServerCore` (0: none) for [`IN_HANDLER_OF`].
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the server whose handler this thread is running now (0:
+    /// none), so that `shutdown()` from inside a handler can tell that the
+    /// drain would wait for its caller.
+    static IN_HANDLER_OF: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` marked as inside a handler of server `id`.
+fn in_handler_of<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_HANDLER_OF.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_HANDLER_OF.with(|c| c.replace(id)));
+    f()
+}
+
+/// Builds a core router from Python handlers of server `id`: plain methods
+/// run on the worker pool, deferred ones (and notifications) on the I/O
+/// thread. The fallback takes every notification without a handler of its
+/// own, method name first.
 pub fn build_router(
+    id: u64,
     methods: Vec<(String, Handler)>,
     notes: Vec<(String, Handler)>,
     note_fallback: Option<Handler>,
@@ -64,18 +90,24 @@ pub fn build_router(
     let mut router = Router::new();
     for (name, h) in methods {
         if h.deferred {
-            router.register(&name, Execution::Inline, move |req| run_deferred(&h, req));
+            router.register(&name, Execution::Inline, move |req| {
+                in_handler_of(id, || run_deferred(&h, req))
+            });
         } else {
-            router.register(&name, Execution::Pool, move |req| run_method(&h, req));
+            router.register(&name, Execution::Pool, move |req| {
+                in_handler_of(id, || run_method(&h, req))
+            });
         }
     }
     for (name, h) in notes {
-        router.notification(&name, Execution::Inline, move |n| run_notification(&h, n));
+        router.notification(&name, Execution::Inline, move |n| {
+            in_handler_of(id, || run_notification(&h, n))
+        });
     }
     if let Some(h) = note_fallback {
         router.notification_fallback(Execution::Inline, move |mut n| {
             n.params.insert(0, foorpc::Value::from(n.method.as_str()));
-            run_notification(&h, n)
+            in_handler_of(id, || run_notification(&h, n))
         });
     }
     router
@@ -279,6 +311,8 @@ struct State {
 #[pyclass(module = "foorpc._native", frozen)]
 pub struct ServerCore {
     state: Mutex<State>,
+    /// Marks the threads running this server's handlers ([`IN_HANDLER_OF`]).
+    id: u64,
 }
 
 impl ServerCore {
@@ -360,6 +394,7 @@ impl ServerCore {
                 stopped: false,
                 shutdown_requested: false,
             }),
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -431,6 +466,7 @@ impl ServerCore {
                 return Err(PyRuntimeError::new_err("bind an address before start()"));
             }
             let router = build_router(
+                self.id,
                 st.methods.clone(),
                 st.notes.clone(),
                 st.note_fallback.clone(),
@@ -467,6 +503,12 @@ impl ServerCore {
         if let Some(s) = server {
             py.detach(|| s.shutdown());
         }
+    }
+
+    /// True on a thread that is running one of this server's handlers now
+    /// (a plain one on the worker pool, or an entry on the I/O thread).
+    fn in_handler(&self) -> bool {
+        IN_HANDLER_OF.with(|c| c.get()) == self.id
     }
 
     /// The bound addresses, with real ports.

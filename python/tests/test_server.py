@@ -449,6 +449,51 @@ def test_serve_forever_and_shutdown() -> None:
     server.shutdown()  # idempotent
 
 
+@pytest.mark.parametrize("kind", ["plain", "async", "notification"])
+def test_shutdown_from_a_handler_returns_and_the_reply_is_sent(kind: str) -> None:
+    """shutdown() in one of the server's own handlers only starts the
+    shutdown: the drain would otherwise wait for that very handler (for all
+    of drain_timeout) and its reply would be lost. serve_forever() still
+    returns once the shutdown is done."""
+    server = foorpc.Server(drain_timeout=30)
+    returned = threading.Event()
+
+    def stop() -> str:
+        server.shutdown()
+        returned.set()
+        return "stopping"
+
+    if kind == "plain":
+        server.add_method("stop", stop)
+    elif kind == "async":
+
+        async def astop() -> str:
+            return stop()
+
+        server.add_method("stop", astop)
+    else:
+        server.add_notification("stop", stop)
+    addr = server.bind("tcp://127.0.0.1:0")
+    th = threading.Thread(target=server.serve_forever)
+    th.start()
+    try:
+        with foorpc.Client(addr, timeout=10) as c:
+            start = time.monotonic()
+            if kind == "notification":
+                c.notify("stop")
+                assert returned.wait(10)
+            else:
+                assert c.call("stop") == "stopping"
+            assert returned.is_set()
+            assert time.monotonic() - start < 5  # well under drain_timeout
+        th.join(10)
+        assert not th.is_alive()
+        assert not server.running
+    finally:
+        server.shutdown()
+        th.join(10)
+
+
 def test_graceful_shutdown_finishes_calls_in_flight() -> None:
     server = foorpc.Server()
 

@@ -269,9 +269,9 @@ class Server:
             self._core.start()
 
     def serve_forever(self) -> None:
-        """Serves in the foreground until `shutdown` is called from another
-        thread or a handler, or Ctrl-C (then shuts down and re-raises
-        KeyboardInterrupt)."""
+        """Serves in the foreground until `shutdown` (called from another
+        thread or a handler) has finished, or Ctrl-C (then shuts down and
+        re-raises KeyboardInterrupt)."""
         if not self._core.running:
             self.start()
         try:
@@ -284,7 +284,31 @@ class Server:
     def shutdown(self) -> None:
         """Graceful shutdown: stop accepting, let calls in flight finish (up to
         ``drain_timeout``), close connections, stop the server's own loop.
+        Blocks until done. Called from one of this server's own handlers
+        (plain or ``async def``), it only starts the shutdown, which goes on
+        on a thread of its own, and returns at once, so that the handler's
+        reply is still sent; `serve_forever` returns once it is done.
         Safe to call more than once and from any thread."""
+        if self._in_own_handler():
+            threading.Thread(target=self._shutdown, name="foorpc-server-shutdown").start()
+            return
+        self._shutdown()
+
+    def _in_own_handler(self) -> bool:
+        """True on a thread where waiting for the drain would wait for the
+        caller itself: one running a handler of this server (worker pool or
+        I/O thread), or the thread of this server's asyncio loop."""
+        if self._core.in_handler():
+            return True
+        loop = self._loop or self._own_loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _shutdown(self) -> None:
         try:
             self._core.shutdown()
             with self._lock:
