@@ -562,9 +562,10 @@ foorpc_result foorpc_client_connect_with(const char *address,
  * `result_out` may be NULL to discard the result.
  *
  * Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
- * or exceed the connection's limits: 64 MiB, 256 MiB once decoded at 40
- * bytes per value, arrays/maps nested 128 deep counting the params array
- * itself; nothing is sent),
+ * or exceed the client's limits as set with foorpc_client_options_set_limit,
+ * by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
+ * arrays/maps nested 128 deep counting the request and params arrays;
+ * nothing is sent and the connection stays open),
  * FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
  * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
  * or a callback on foorpc's I/O thread, or from a callback that runs on a
@@ -1144,9 +1145,12 @@ foorpc_result foorpc_responder_peer(const struct foorpc_responder *responder,
  * Answers the request with a result: `result`/`result_len` is the MessagePack
  * encoding of one value (copied; an empty input answers nil). Frees the
  * responder in every case (except when it is NULL): if the bytes are not
- * exactly one valid value (or exceed the connection's limits: 64 MiB,
- * 256 MiB once decoded at 40 bytes per value, arrays/maps nested 128
- * deep), the caller gets an error reply and this
+ * exactly one valid value (or exceed the connection's limits: the
+ * server's, or for a client's handler the client's, as set with
+ * foorpc_server_set_limit or foorpc_client_options_set_limit; by default
+ * 64 MiB, 256 MiB once decoded at 40 bytes per value, arrays/maps nested
+ * 128 deep counting the reply array),
+ * the caller gets an error reply and this
  * returns FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
  */
 foorpc_result foorpc_responder_ok(struct foorpc_responder *responder,

@@ -113,6 +113,14 @@ fn check_scanned(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
         // The value travels inside the message array: one level less is left.
         scanner.max_depth = limits.max_depth.saturating_sub(1);
         scanner.scan(bytes)
+    });
+    // Report the configured depth limit, counting the message array, as
+    // the decoder of the other side will.
+    let scanned = scanned.map_err(|e| match e {
+        DecodeError::TooDeep { .. } => DecodeError::TooDeep {
+            limit: limits.max_depth,
+        },
+        other => other,
     })?;
     match scanned {
         Some(n) if n == bytes.len() => Ok(()),

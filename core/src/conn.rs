@@ -317,6 +317,11 @@ impl Conn {
         })
     }
 
+    /// The limits this connection applies.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.id
     }

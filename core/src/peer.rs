@@ -14,6 +14,7 @@ use crate::codec::Params;
 use crate::conn::Conn;
 use crate::deadline;
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::pending::CallSlot;
 use crate::reactor::ReactorHandle;
 use crate::Value;
@@ -63,6 +64,15 @@ impl Peer {
     /// A number that identifies this connection within the process.
     pub fn id(&self) -> u64 {
         self.conn.id()
+    }
+
+    /// The limits of this connection (the client's or the server's, as
+    /// configured): what it accepts from the other side, and what
+    /// caller-encoded params and results ([`Peer::call_encoded`],
+    /// [`Peer::call_async_encoded`], [`Peer::notify_encoded`]) are checked
+    /// against before they are sent.
+    pub fn limits(&self) -> &Limits {
+        self.conn.limits()
     }
 
     /// The timeout used by calls that do not give one (None: wait for ever).

@@ -693,6 +693,42 @@ fn custom_depth_limit_on_the_server() {
     assert!(err.is_connection_error(), "{err:?}");
 }
 
+#[test]
+fn a_peer_has_its_connections_limits() {
+    let server_limits = Limits {
+        max_depth: 200,
+        ..Limits::default()
+    };
+    let mut router = calc_router();
+    router.register("peer_depth", Execution::Inline, |req| {
+        req.responder
+            .ok(Value::from(req.peer.limits().max_depth as u64));
+    });
+    let server = start_with(router, "tcp://127.0.0.1:0", server_limits);
+    let address = server.local_addr().to_string();
+    let client_limits = Limits {
+        max_depth: 4,
+        ..Limits::default()
+    };
+    let client = Client::builder()
+        .limits(client_limits.clone())
+        .connect(&address)
+        .unwrap();
+    assert_eq!(client.limits(), &client_limits);
+    // A server connection's peer has the server's limits.
+    assert_eq!(client.call::<u64>("peer_depth", ()).unwrap(), 200);
+    // Caller-encoded params are checked against them, and the reason gives
+    // the configured limit (the message array counts).
+    client
+        .call_encoded("echo", &[0x91, 0x91, 0x01], CALL)
+        .unwrap();
+    match client.call_encoded("echo", &[0x91, 0x91, 0x91, 0x91, 0x01], CALL) {
+        Err(Error::Usage(m)) => assert!(m.contains("deeper than the 4-level limit"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!client.is_closed());
+}
+
 // ---- graceful shutdown ------------------------------------------------------------
 
 #[test]

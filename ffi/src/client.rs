@@ -246,9 +246,10 @@ pub extern "C" fn foorpc_client_connect_with(
 /// `result_out` may be NULL to discard the result.
 ///
 /// Other errors: FOORPC_RESULT_INVALID_MSGPACK (params are not one array,
-/// or exceed the connection's limits: 64 MiB, 256 MiB once decoded at 40
-/// bytes per value, arrays/maps nested 128 deep counting the params array
-/// itself; nothing is sent),
+/// or exceed the client's limits as set with foorpc_client_options_set_limit,
+/// by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
+/// arrays/maps nested 128 deep counting the request and params arrays;
+/// nothing is sent and the connection stays open),
 /// FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
 /// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
 /// or a callback on foorpc's I/O thread, or from a callback that runs on a

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foorpc::codec::{check_encoded, DecodeError};
-use foorpc::{Error, Limits, Peer, Value};
+use foorpc::{Error, Peer, Value};
 
 use crate::buf::{self, foorpc_buf};
 use crate::error::{code_of, fail, fail_with, foorpc_result, set_last_error};
@@ -81,19 +81,19 @@ pub(crate) fn timeout(ms: u32, default: Duration) -> Duration {
 }
 
 /// The params of a call as given by C, checked and ready to send as is: one
-/// MessagePack array within the connection's limits (an empty input means
-/// no params). Anything else is FOORPC_RESULT_INVALID_MSGPACK.
+/// MessagePack array within the connection's limits (`peer.limits()`, as set
+/// with foorpc_client_options_set_limit or foorpc_server_set_limit; an empty
+/// input means no params). Anything else is FOORPC_RESULT_INVALID_MSGPACK.
 ///
-/// The core's `*_encoded` calls check the bytes again, but report a failure
-/// as `Error::Usage`, which they also use for a call that is not allowed
-/// here; checking first keeps the two apart (the scan reads item headers
-/// only and does not allocate per item). C connections always have the
-/// default limits: the C API cannot set others.
-pub(crate) fn checked_params(bytes: &[u8]) -> Result<&[u8], foorpc_result> {
+/// The core's `*_encoded` calls check the bytes again, with the same
+/// limits, but report a failure as `Error::Usage`, which they also use for a
+/// call that is not allowed here; checking first keeps the two apart (the
+/// scan reads item headers only and does not allocate per item).
+pub(crate) fn checked_params<'a>(peer: &Peer, bytes: &'a [u8]) -> Result<&'a [u8], foorpc_result> {
     if bytes.is_empty() {
         return Ok(&[0x90]);
     }
-    match check_encoded(bytes, &Limits::default(), true) {
+    match check_encoded(bytes, peer.limits(), true) {
         Ok(()) => Ok(bytes),
         Err(e) => {
             let why = match e {
@@ -118,7 +118,7 @@ pub(crate) fn call(
     result_out: *mut *mut foorpc_buf,
 ) -> foorpc_result {
     let method = try_cstr!(method);
-    let params = try_ok!(checked_params(try_slice!(params, params_len)));
+    let params = try_ok!(checked_params(peer, try_slice!(params, params_len)));
     let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
     match peer.call_encoded(method, params, Some(t)) {
         Ok(bytes) => {
@@ -173,7 +173,7 @@ pub(crate) fn call_async(
     let Some(cb) = callback else {
         return crate::error::null_parameter("callback");
     };
-    let params = try_ok!(checked_params(try_slice!(params, params_len)));
+    let params = try_ok!(checked_params(peer, try_slice!(params, params_len)));
     let t = timeout(timeout_ms, foorpc::DEFAULT_CALL_TIMEOUT);
     let userdata = SendPtr(userdata);
     match peer.call_async_encoded(method, params, Some(t)) {
@@ -198,7 +198,7 @@ pub(crate) fn notify(
     params_len: usize,
 ) -> foorpc_result {
     let method = try_cstr!(method);
-    let params = try_ok!(checked_params(try_slice!(params, params_len)));
+    let params = try_ok!(checked_params(peer, try_slice!(params, params_len)));
     match peer.notify_encoded(method, params) {
         Ok(()) => foorpc_result::Ok,
         Err(e) => fail_with(&e),

@@ -576,9 +576,12 @@ pub extern "C" fn foorpc_responder_peer(
 /// Answers the request with a result: `result`/`result_len` is the MessagePack
 /// encoding of one value (copied; an empty input answers nil). Frees the
 /// responder in every case (except when it is NULL): if the bytes are not
-/// exactly one valid value (or exceed the connection's limits: 64 MiB,
-/// 256 MiB once decoded at 40 bytes per value, arrays/maps nested 128
-/// deep), the caller gets an error reply and this
+/// exactly one valid value (or exceed the connection's limits: the
+/// server's, or for a client's handler the client's, as set with
+/// foorpc_server_set_limit or foorpc_client_options_set_limit; by default
+/// 64 MiB, 256 MiB once decoded at 40 bytes per value, arrays/maps nested
+/// 128 deep counting the reply array),
+/// the caller gets an error reply and this
 /// returns FOORPC_RESULT_INVALID_MSGPACK. Any thread may call it.
 #[no_mangle]
 pub extern "C" fn foorpc_responder_ok(

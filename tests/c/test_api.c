@@ -1357,6 +1357,93 @@ static void test_limits(void) {
     passed++;
 }
 
+/* Server, inline: answers nil. */
+static void s_nil(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                  foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    foorpc_responder_ok(resp, NULL, 0);
+}
+
+/* Server, inline: notifies the caller with params nested 150 deep (the
+   server's raised depth limit allows them) and answers the notify's code. */
+static void s_notify_deep(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                          foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml, (void)params, (void)len;
+    uint8_t deep[151];
+    foorpc_peer *peer = NULL;
+    memset(deep, 0x91, 150);
+    deep[150] = 0x01;
+    foorpc_responder_peer(resp, &peer);
+    answer_i64(resp, (int64_t)foorpc_peer_notify(peer, "deep", deep, sizeof deep));
+    foorpc_peer_free(peer);
+}
+
+/* Call params are checked against the connection's own limits (as set with
+   foorpc_client_options_set_limit / foorpc_server_set_limit), not the
+   defaults, and params over them are FOORPC_RESULT_INVALID_MSGPACK. */
+static void test_params_limits(void) {
+    foorpc_server *s = NULL;
+    foorpc_client_options *o = NULL;
+    foorpc_client *c = NULL;
+    foorpc_buf *res = NULL;
+    struct waiter wt;
+    char addr[128];
+    uint8_t deep[151]; /* [[...[1]...]]: 150 arrays, 151 levels in a request */
+    memset(deep, 0x91, 150);
+    deep[150] = 0x01;
+
+    OK(foorpc_server_new(&s));
+    OK(foorpc_server_set_limit(s, FOORPC_LIMIT_MAX_DEPTH, 200));
+    OK(foorpc_server_register(s, "ok", s_nil, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "notify_deep", s_notify_deep, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_bind(s, "tcp://127.0.0.1:0"));
+    OK(foorpc_server_start(s));
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+
+    /* Default limits (128 deep): refused before sending. */
+    OK(foorpc_client_connect(addr, 2000, &c));
+    CHECK(foorpc_client_call(c, "ok", deep, sizeof deep, 2000, NULL) ==
+          FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(foorpc_client_is_connected(c));
+    foorpc_client_free(c);
+
+    /* A raised limit (200 deep) lets deeper params through, both ways: the
+       server's peer checks with the server's limits. */
+    OK(foorpc_client_options_new(&o));
+    OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_DEPTH, 200));
+    OK(foorpc_client_connect_with(addr, 2000, o, &c));
+    OK(foorpc_client_call(c, "ok", deep, sizeof deep, 2000, NULL));
+    OK(foorpc_client_call(c, "notify_deep", NULL, 0, 2000, &res));
+    CHECK(res != NULL && buf_int(res) == FOORPC_RESULT_OK);
+    foorpc_buf_free(res);
+    res = NULL;
+    foorpc_client_free(c);
+
+    /* A lowered limit (4 deep: the request array, the params array and two
+       more) refuses deeper params with FOORPC_RESULT_INVALID_MSGPACK (not
+       FOORPC_RESULT_USAGE); nothing is sent and the connection stays open. */
+    OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_DEPTH, 4));
+    OK(foorpc_client_connect_with(addr, 2000, o, &c));
+    foorpc_client_options_free(o);
+    waiter_init(&wt, c);
+    OK(foorpc_client_call(c, "ok", (const uint8_t *)"\x91\x91\x91\x01", 4, 2000, NULL));
+    CHECK(foorpc_client_call(c, "ok", (const uint8_t *)"\x91\x91\x91\x91\x01", 5, 2000, NULL) ==
+          FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(last_error_contains("deeper than the 4-level limit"));
+    CHECK(foorpc_client_call_async(c, "ok", (const uint8_t *)"\x91\x91\x91\x91\x01", 5, 2000,
+                                   on_done, &wt) == FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(foorpc_client_notify(c, "ok", (const uint8_t *)"\x91\x91\x91\x91\x01", 5) ==
+          FOORPC_RESULT_INVALID_MSGPACK);
+    CHECK(foorpc_client_is_connected(c));
+    OK(foorpc_client_call(c, "ok", NULL, 0, 2000, NULL));
+    foorpc_client_free(c);
+    CHECK(wt.calls == 0);
+    waiter_destroy(&wt);
+    OK(foorpc_server_stop(s));
+    foorpc_server_free(s);
+    passed++;
+}
+
 int main(void) {
     char unix_addr[128];
     test_version();
@@ -1373,6 +1460,7 @@ int main(void) {
     test_peers(unix_addr);
     test_run_and_stop();
     test_limits();
+    test_params_limits();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
