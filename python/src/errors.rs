@@ -3,7 +3,9 @@
 //! The exception classes are defined in Python (`foorpc._errors`) and
 //! imported here.
 
-use pyo3::exceptions::PyValueError;
+use std::io::ErrorKind;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::convert;
@@ -28,13 +30,73 @@ impl From<Error> for PyErr {
             foorpc::Error::Remote(v) => Python::attach(|py| remote_error(py, v)),
             foorpc::Error::Timeout => RpcTimeoutError::new_err("call timed out"),
             foorpc::Error::Closed => ConnectionLostError::new_err("the connection was closed"),
+            // An OS error (connect refused, connection reset, ...) keeps
+            // its errno, as the OSError that ConnectionLostError is.
+            foorpc::Error::Io { kind, message } => match os_errno(kind) {
+                Some(errno) => ConnectionLostError::new_err((errno, strerror(&message))),
+                None => ConnectionLostError::new_err(format!("I/O error: {message}")),
+            },
             // A protocol error always closes the connection.
-            e @ (foorpc::Error::ConnectionLost(_)
-            | foorpc::Error::Io { .. }
-            | foorpc::Error::Protocol(_)) => ConnectionLostError::new_err(e.to_string()),
+            e @ (foorpc::Error::ConnectionLost(_) | foorpc::Error::Protocol(_)) => {
+                ConnectionLostError::new_err(e.to_string())
+            }
             e @ foorpc::Error::InvalidAddress(_) => PyValueError::new_err(e.to_string()),
             e => RpcError::new_err(e.to_string()),
         }
+    }
+}
+
+/// The error for a failed bind: an OS error is a plain `OSError(errno,
+/// strerror)` as `socket.bind` raises (which Python makes the subclass for
+/// the errno: `FileNotFoundError`, `PermissionError`, ...), not a
+/// `ConnectionLostError`; other errors as everywhere else.
+pub fn bind_error(e: foorpc::Error) -> PyErr {
+    match e {
+        foorpc::Error::Io { kind, message } => match os_errno(kind) {
+            Some(errno) => PyOSError::new_err((errno, strerror(&message))),
+            None => PyOSError::new_err(message),
+        },
+        e => Error(e).into(),
+    }
+}
+
+/// The errno for an `io::ErrorKind` (the core keeps the kind, not the raw
+/// errno), from the `errno` module, so the platform's own value.
+fn os_errno(kind: ErrorKind) -> Option<i32> {
+    let name = match kind {
+        ErrorKind::AddrInUse => "EADDRINUSE",
+        ErrorKind::AddrNotAvailable => "EADDRNOTAVAIL",
+        ErrorKind::ConnectionRefused => "ECONNREFUSED",
+        ErrorKind::ConnectionReset => "ECONNRESET",
+        ErrorKind::ConnectionAborted => "ECONNABORTED",
+        ErrorKind::NotConnected => "ENOTCONN",
+        ErrorKind::BrokenPipe => "EPIPE",
+        ErrorKind::NotFound => "ENOENT",
+        ErrorKind::PermissionDenied => "EACCES",
+        ErrorKind::TimedOut => "ETIMEDOUT",
+        ErrorKind::AlreadyExists => "EEXIST",
+        ErrorKind::NotADirectory => "ENOTDIR",
+        ErrorKind::HostUnreachable => "EHOSTUNREACH",
+        ErrorKind::NetworkUnreachable => "ENETUNREACH",
+        ErrorKind::NetworkDown => "ENETDOWN",
+        ErrorKind::ReadOnlyFilesystem => "EROFS",
+        ErrorKind::InvalidFilename => "ENAMETOOLONG",
+        ErrorKind::Interrupted => "EINTR",
+        _ => return None,
+    };
+    Python::attach(|py| {
+        py.import("errno")
+            .and_then(|m| m.getattr(name))
+            .and_then(|v| v.extract())
+            .ok()
+    })
+}
+
+/// The OS's text in an `io::Error` message, without Rust's `" (os error N)"`.
+fn strerror(message: &str) -> String {
+    match message.rfind(" (os error ") {
+        Some(i) if message.ends_with(')') => message[..i].to_string(),
+        _ => message.to_string(),
     }
 }
 

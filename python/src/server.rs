@@ -445,7 +445,7 @@ impl ServerCore {
                 let real = l.local_address()?;
                 Ok::<_, foorpc::Error>((l, real))
             })
-            .map_err(Error)?;
+            .map_err(errors::bind_error)?;
         let mut st = self.lock();
         not_running(&st)?;
         let (l, real) = listener;

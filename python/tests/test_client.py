@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import _thread
+import asyncio
+import errno
 import math
+import os
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,8 +80,25 @@ def test_connect_errors() -> None:
     with pytest.raises(foorpc.ConnectionLostError) as ei:
         foorpc.Client(f"tcp://127.0.0.1:{port}", connect_timeout=2)
     assert isinstance(ei.value, ConnectionError)
+    assert ei.value.errno == errno.ECONNREFUSED
+    assert ei.value.strerror == os.strerror(errno.ECONNREFUSED)
     with pytest.raises(TypeError):
         foorpc.Client("tcp://127.0.0.1:1", 5)  # type: ignore[misc]  # keyword-only
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_connect_error_keeps_its_errno(tmp_path: Path, kind: str) -> None:
+    """A connect that the OS refuses raises ConnectionLostError (an OSError)
+    with the errno and strerror, so `e.errno == errno.ENOENT` works."""
+    addr = f"unix://{tmp_path}/missing.sock"
+    with pytest.raises(foorpc.ConnectionLostError) as ei:
+        if kind == "sync":
+            foorpc.Client(addr, connect_timeout=2)
+        else:
+            asyncio.run(asyncio.wait_for(foorpc.AsyncClient.connect(addr, connect_timeout=2), 10))
+    assert isinstance(ei.value, OSError)
+    assert ei.value.errno == errno.ENOENT
+    assert ei.value.strerror == os.strerror(errno.ENOENT)
 
 
 def test_close(calc: str) -> None:

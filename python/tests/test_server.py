@@ -4,11 +4,14 @@ notifications, lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
+import socket
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -594,6 +597,29 @@ def test_server_referred_to_by_its_handlers_is_freed(kind: str) -> None:
     while _open_fds() > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _open_fds() <= before
+
+
+def test_bind_errors_are_plain_os_errors(tmp_path: Path) -> None:
+    """A bind the OS refuses raises OSError(errno, strerror), as socket.bind
+    does (the subclass Python picks for the errno), not ConnectionLostError."""
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as ei:
+            foorpc.Server().bind(f"tcp://127.0.0.1:{port}")
+        assert type(ei.value) is OSError
+        assert ei.value.errno == errno.EADDRINUSE
+        assert ei.value.strerror == os.strerror(errno.EADDRINUSE)
+    finally:
+        taken.close()
+    with pytest.raises(FileNotFoundError) as ei:
+        foorpc.Server().bind(f"unix://{tmp_path}/no/such/dir.sock")
+    assert ei.value.errno == errno.ENOENT
+    assert not isinstance(ei.value, foorpc.RpcError)
+    with pytest.raises(ValueError, match="invalid address"):
+        foorpc.Server().bind("tcp://127.0.0.1:99999")
 
 
 def test_context_manager_and_registration_rules() -> None:

@@ -73,4 +73,8 @@ else:
 
 
 class ConnectionLostError(RpcError, ConnectionError):
-    """The connection could not be made, was lost, or was closed."""
+    """The connection could not be made, was lost, or was closed.
+
+    When the OS reported the failure (a refused connect, a missing socket
+    file, a reset connection) ``errno`` and ``strerror`` are set, as on any
+    `OSError`; otherwise they are ``None``."""

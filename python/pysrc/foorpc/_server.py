@@ -237,7 +237,10 @@ class Server:
     def bind(self, address: str) -> str:
         """Binds ``tcp://HOST:PORT`` (port 0: a free port) or ``unix:///PATH``
         now and returns the bound address with its real port. May be called
-        more than once, before `start`."""
+        more than once, before `start`. An address the OS refuses raises
+        ``OSError(errno, strerror)`` as `socket.socket.bind` does (errno
+        ``EADDRINUSE`` for a port in use, `FileNotFoundError`, ...); an
+        invalid one `ValueError`."""
         return self._core.bind(address)
 
     @property
