@@ -181,7 +181,10 @@ enum foorpc_result
      */
     FOORPC_RESULT_PROTOCOL = 3000,
     /**
-     * A configured limit (message size, depth, calls in flight) was exceeded.
+     * A configured limit was exceeded: a message from the peer is over this
+     * side's size, decoded-size or depth limit (FOORPC_LIMIT_*), and the
+     * connection was closed; or, with the connection left open, one
+     * connection already has 16,777,216 of its own calls pending.
      */
     FOORPC_RESULT_LIMIT_EXCEEDED = 3001,
     /**
@@ -652,7 +655,10 @@ const char *foorpc_result_message(uint32_t code);
 
 /**
  * True for codes that mean the connection can no longer be used
- * (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL): reconnect to go on.
+ * (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL, _LIMIT_EXCEEDED):
+ * reconnect to go on. FOORPC_RESULT_LIMIT_EXCEEDED is one except from a
+ * call refused because 16,777,216 calls of its connection are pending
+ * already (that connection stays open: foorpc_client_is_connected tells).
  * Thread-safe.
  */
 bool foorpc_result_is_connection_error(uint32_t code);

@@ -997,8 +997,18 @@ impl Conn {
         }
     }
 
-    /// Answers a violation where the msgid is known; the connection then closes.
+    /// Answers a violation where the msgid is known; the connection then
+    /// closes. A message over this side's limits is not the peer's
+    /// violation of the protocol: it gives [`Error::MessageLimitExceeded`].
     fn protocol_violation(self: &Arc<Self>, e: DecodeError) -> Error {
+        if matches!(
+            e,
+            DecodeError::TooLarge { .. }
+                | DecodeError::TooDeep { .. }
+                | DecodeError::TooLargeDecoded { .. }
+        ) {
+            return Error::MessageLimitExceeded(e.to_string());
+        }
         if let DecodeError::Invalid {
             msgid: Some(msgid), ..
         } = &e

@@ -26,8 +26,20 @@ pub enum Error {
     /// The peer sent bytes that are not valid MessagePack-RPC; the
     /// connection is closed (so this is a connection error too).
     Protocol(String),
-    /// A configured limit (message size, depth, calls in flight, connections) was exceeded.
+    /// A configured limit (message size, depth, calls in flight, connections)
+    /// was exceeded by something this side was asked to do; the connection
+    /// stays usable.
     LimitExceeded(String),
+    /// A message from the peer is over one of this side's own limits
+    /// ([`Limits::max_message_size`], [`Limits::max_decoded_size`] or
+    /// [`Limits::max_depth`]); the connection is closed (so this is a
+    /// connection error too). The message may be valid MessagePack-RPC: the
+    /// limit is this side's.
+    ///
+    /// [`Limits::max_message_size`]: crate::Limits::max_message_size
+    /// [`Limits::max_decoded_size`]: crate::Limits::max_decoded_size
+    /// [`Limits::max_depth`]: crate::Limits::max_depth
+    MessageLimitExceeded(String),
     /// The peer answered with an error; the value is its error object, unchanged.
     Remote(Value),
     /// No reply arrived within the call's timeout.
@@ -74,7 +86,11 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Error::ConnectionLost(_) | Error::Closed | Error::Io { .. } | Error::Protocol(_)
+            Error::ConnectionLost(_)
+                | Error::Closed
+                | Error::Io { .. }
+                | Error::Protocol(_)
+                | Error::MessageLimitExceeded(_)
         )
     }
 }
@@ -89,6 +105,9 @@ impl fmt::Display for Error {
             ),
             Error::Protocol(m) => write!(f, "protocol error: {m}"),
             Error::LimitExceeded(m) => write!(f, "limit exceeded: {m}"),
+            Error::MessageLimitExceeded(m) => {
+                write!(f, "limit exceeded, connection closed: {m}")
+            }
             Error::Remote(v) => match self.remote_code_message() {
                 Some((code, msg)) => write!(f, "remote error {code}: {msg}"),
                 None => write!(f, "remote error: {v}"),

@@ -614,7 +614,10 @@ fn client_limits_apply_to_replies() {
     );
     // The reply is too large for this client.
     match client.call_value("echo", &[Value::Binary(vec![1; 2000])], CALL) {
-        Err(Error::Protocol(m)) => assert!(m.contains("limit"), "{m}"),
+        Err(e @ Error::MessageLimitExceeded(_)) => {
+            assert!(e.is_connection_error());
+            assert!(e.to_string().contains("1024-byte limit"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     assert!(client.is_closed());
@@ -647,7 +650,7 @@ fn client_limits_apply_to_replies() {
                 .map(|_| ())
         };
         match outcome {
-            Err(Error::Protocol(m)) => assert!(m.contains("decoded"), "{m}"),
+            Err(Error::MessageLimitExceeded(m)) => assert!(m.contains("decoded"), "{m}"),
             other => panic!("raw {raw}: {other:?}"),
         }
         assert!(client.is_closed());
@@ -667,8 +670,9 @@ fn client_limits_apply_to_replies() {
     }
     assert!(matches!(
         client.call_value("echo", &[deep], CALL),
-        Err(Error::Protocol(_))
+        Err(Error::MessageLimitExceeded(_))
     ));
+    assert!(client.is_closed());
 }
 
 #[test]

@@ -51,7 +51,10 @@ pub enum foorpc_result {
     /// The peer sent bytes that are not valid MessagePack-RPC; the
     /// connection was closed.
     Protocol = 3000,
-    /// A configured limit (message size, depth, calls in flight) was exceeded.
+    /// A configured limit was exceeded: a message from the peer is over this
+    /// side's size, decoded-size or depth limit (FOORPC_LIMIT_*), and the
+    /// connection was closed; or, with the connection left open, one
+    /// connection already has 16,777,216 of its own calls pending.
     LimitExceeded = 3001,
     /// A value could not be converted to or from MessagePack.
     Serialization = 3002,
@@ -146,7 +149,7 @@ pub(crate) fn code_of(e: &Error) -> foorpc_result {
         Error::Io { .. } => foorpc_result::Io,
         Error::InvalidAddress(_) => foorpc_result::InvalidAddress,
         Error::Protocol(_) => foorpc_result::Protocol,
-        Error::LimitExceeded(_) => foorpc_result::LimitExceeded,
+        Error::LimitExceeded(_) | Error::MessageLimitExceeded(_) => foorpc_result::LimitExceeded,
         Error::Remote(_) => foorpc_result::RemoteError,
         Error::Timeout => foorpc_result::Timeout,
         Error::ConnectionLost(_) => foorpc_result::ConnectionLost,
@@ -198,7 +201,10 @@ pub extern "C" fn foorpc_result_message(code: u32) -> *const c_char {
 }
 
 /// True for codes that mean the connection can no longer be used
-/// (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL): reconnect to go on.
+/// (FOORPC_RESULT_IO, _CONNECTION_LOST, _CLOSED, _PROTOCOL, _LIMIT_EXCEEDED):
+/// reconnect to go on. FOORPC_RESULT_LIMIT_EXCEEDED is one except from a
+/// call refused because 16,777,216 calls of its connection are pending
+/// already (that connection stays open: foorpc_client_is_connected tells).
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn foorpc_result_is_connection_error(code: u32) -> bool {
@@ -210,6 +216,7 @@ pub extern "C" fn foorpc_result_is_connection_error(code: u32) -> bool {
                     | foorpc_result::ConnectionLost
                     | foorpc_result::Closed
                     | foorpc_result::Protocol
+                    | foorpc_result::LimitExceeded
             )
         )
     }

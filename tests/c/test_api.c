@@ -73,6 +73,7 @@ static void test_results(void) {
           FOORPC_RESULT_REMOTE_ERROR == 4000 && FOORPC_RESULT_TIMEOUT == 4001);
     CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_CONNECTION_LOST));
     CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_PROTOCOL));
+    CHECK(foorpc_result_is_connection_error(FOORPC_RESULT_LIMIT_EXCEEDED));
     CHECK(!foorpc_result_is_connection_error(FOORPC_RESULT_TIMEOUT));
 }
 
@@ -1297,6 +1298,7 @@ static void h_nils(void *ud, const char *m, size_t ml, const uint8_t *params, si
 }
 
 static void test_limits(void) {
+    struct waiter wt;
     foorpc_server *s = NULL;
     foorpc_client_options *o = NULL;
     foorpc_client *c = NULL;
@@ -1347,10 +1349,29 @@ static void test_limits(void) {
     OK(foorpc_client_connect_with(addr, 2000, o, &c));
     foorpc_client_options_free(o);
     OK(foorpc_client_call(c, "nils", (const uint8_t *)"\x91\x0a", 2, 0, NULL));
+    /* Over the client's own limit: FOORPC_RESULT_LIMIT_EXCEEDED (the server
+       did nothing wrong), a connection error: the connection is closed. */
     CHECK(foorpc_client_call(c, "nils", (const uint8_t *)"\x91\xcc\xc8", 3, 2000, NULL) ==
-          FOORPC_RESULT_PROTOCOL);
+          FOORPC_RESULT_LIMIT_EXCEEDED);
+    CHECK(last_error_contains("decoded"));
     CHECK(!foorpc_client_is_connected(c));
     foorpc_client_free(c);
+
+    /* The same for a reply over the client's message-size limit (200 nils:
+       203 bytes), and for a call waiting asynchronously. */
+    OK(foorpc_client_options_new(&o));
+    OK(foorpc_client_options_set_limit(o, FOORPC_LIMIT_MAX_MESSAGE_SIZE, 100));
+    OK(foorpc_client_connect_with(addr, 2000, o, &c));
+    foorpc_client_options_free(o);
+    OK(foorpc_client_call(c, "nils", (const uint8_t *)"\x91\x0a", 2, 0, NULL));
+    waiter_init(&wt, c);
+    OK(foorpc_client_call_async(c, "nils", (const uint8_t *)"\x91\xcc\xc8", 3, 2000, on_done,
+                                &wt));
+    CHECK(wait_calls(&wt, 1, 5000) == 1 && wt.last_rc == FOORPC_RESULT_LIMIT_EXCEEDED &&
+          wt.other_errors == 1);
+    CHECK(!foorpc_client_is_connected(c));
+    foorpc_client_free(c);
+    waiter_destroy(&wt);
     foorpc_writer_free(w);
     OK(foorpc_server_stop(s));
     foorpc_server_free(s);
