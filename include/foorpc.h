@@ -1068,8 +1068,12 @@ foorpc_result foorpc_server_bind(struct foorpc_server *server, const char *addre
  * the caller's `buf` of `len` bytes; `*out_n` receives its length without
  * the NUL. When `len` is too small, nothing is written to `buf`, `*out_n`
  * receives the length needed (without the NUL) and the result is
- * FOORPC_RESULT_BUFFER_TOO_SMALL. `out_n` may be NULL.
- * FOORPC_RESULT_INVALID_STATE when nothing is bound. Any thread.
+ * FOORPC_RESULT_BUFFER_TOO_SMALL. As with snprintf, `buf` may be NULL when
+ * `len` is 0, to ask for the size: `foorpc_server_local_address(s, NULL, 0,
+ * &n)` gives FOORPC_RESULT_BUFFER_TOO_SMALL and `n`, then a buffer of
+ * `n + 1` bytes fits. `out_n` may be NULL. FOORPC_RESULT_NULL_PARAMETER
+ * when `buf` is NULL and `len` is not 0; FOORPC_RESULT_INVALID_STATE when
+ * nothing is bound. Any thread.
  */
 foorpc_result foorpc_server_local_address(const struct foorpc_server *server,
                                           char *buf,

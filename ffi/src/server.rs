@@ -352,8 +352,12 @@ pub extern "C" fn foorpc_server_bind(
 /// the caller's `buf` of `len` bytes; `*out_n` receives its length without
 /// the NUL. When `len` is too small, nothing is written to `buf`, `*out_n`
 /// receives the length needed (without the NUL) and the result is
-/// FOORPC_RESULT_BUFFER_TOO_SMALL. `out_n` may be NULL.
-/// FOORPC_RESULT_INVALID_STATE when nothing is bound. Any thread.
+/// FOORPC_RESULT_BUFFER_TOO_SMALL. As with snprintf, `buf` may be NULL when
+/// `len` is 0, to ask for the size: `foorpc_server_local_address(s, NULL, 0,
+/// &n)` gives FOORPC_RESULT_BUFFER_TOO_SMALL and `n`, then a buffer of
+/// `n + 1` bytes fits. `out_n` may be NULL. FOORPC_RESULT_NULL_PARAMETER
+/// when `buf` is NULL and `len` is not 0; FOORPC_RESULT_INVALID_STATE when
+/// nothing is bound. Any thread.
 #[no_mangle]
 pub extern "C" fn foorpc_server_local_address(
     server: *const foorpc_server,
@@ -363,7 +367,7 @@ pub extern "C" fn foorpc_server_local_address(
 ) -> foorpc_result {
     ffi_panic_boundary! {
         let server = try_ref!(server);
-        if buf.is_null() {
+        if buf.is_null() && len != 0 {
             return crate::error::null_parameter("buf");
         }
         let text = match server.shared.lock().addrs().first() {

@@ -617,6 +617,15 @@ static void test_calls(const char *bind_address) {
     char tiny[4];
     CHECK(foorpc_server_local_address(s, tiny, sizeof tiny, &n) == FOORPC_RESULT_BUFFER_TOO_SMALL);
     CHECK(n > sizeof tiny);
+    /* Asking for the size, as with snprintf(NULL, 0, ...). */
+    n = 0;
+    CHECK(foorpc_server_local_address(s, NULL, 0, &n) == FOORPC_RESULT_BUFFER_TOO_SMALL);
+    size_t needed = n;
+    CHECK(needed > sizeof tiny && needed < sizeof addr);
+    CHECK(foorpc_server_local_address(s, NULL, 1, &n) == FOORPC_RESULT_NULL_PARAMETER);
+    CHECK(foorpc_server_local_address(s, addr, needed, &n) == FOORPC_RESULT_BUFFER_TOO_SMALL);
+    OK(foorpc_server_local_address(s, addr, needed + 1, &n));
+    CHECK(n == needed && strlen(addr) == needed);
     OK(foorpc_server_local_address(s, addr, sizeof addr, &n));
     CHECK(n == strlen(addr));
     CHECK(strncmp(addr, bind_address, 6) == 0);
