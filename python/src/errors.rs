@@ -36,8 +36,10 @@ impl From<Error> for PyErr {
                 Some(errno) => ConnectionLostError::new_err((errno, strerror(&message))),
                 None => ConnectionLostError::new_err(format!("I/O error: {message}")),
             },
-            // A protocol error always closes the connection.
-            e @ (foorpc::Error::ConnectionLost(_) | foorpc::Error::Protocol(_)) => {
+            // A protocol error, or a message over this side's own limit, closes the connection.
+            e @ (foorpc::Error::ConnectionLost(_)
+            | foorpc::Error::Protocol(_)
+            | foorpc::Error::MessageLimitExceeded(_)) => {
                 ConnectionLostError::new_err(e.to_string())
             }
             e @ foorpc::Error::InvalidAddress(_) => PyValueError::new_err(e.to_string()),
