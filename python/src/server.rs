@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use foorpc::{Execution, Notification, Request, Router, Value};
 use pyo3::exceptions::PyBaseException;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -77,10 +77,10 @@ fn in_handler_of<R>(id: u64, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Builds a core router from Python handlers of server `id`: plain methods
-/// run on the worker pool, deferred ones (and notifications) on the I/O
-/// thread. The fallback takes every notification without a handler of its
-/// own, method name first.
+/// Builds a core router from Python handlers of server `id` (0: a client's
+/// handlers): plain methods run on the worker pool, deferred ones (and
+/// notifications) on the I/O thread. The fallback takes every notification
+/// without a handler of its own, method name first.
 pub fn build_router(
     id: u64,
     methods: Vec<(String, Handler)>,
@@ -95,36 +95,86 @@ pub fn build_router(
             });
         } else {
             router.register(&name, Execution::Pool, move |req| {
-                in_handler_of(id, || run_method(&h, req))
+                in_handler_of(id, || run_method(&h, req, id == 0))
             });
         }
     }
     for (name, h) in notes {
         router.notification(&name, Execution::Inline, move |n| {
-            in_handler_of(id, || run_notification(&h, n))
+            in_handler_of(id, || run_notification(&h, n, id == 0))
         });
     }
     if let Some(h) = note_fallback {
         router.notification_fallback(Execution::Inline, move |mut n| {
             n.params.insert(0, foorpc::Value::from(n.method.as_str()));
-            in_handler_of(id, || run_notification(&h, n))
+            in_handler_of(id, || run_notification(&h, n, id == 0))
         });
     }
     router
 }
 
-fn run_method(h: &Handler, req: Request) {
+/// Refuses what a plain handler returned if it is awaitable (a coroutine:
+/// an `async def` behind an ordinary decorator, or in a client's handlers),
+/// which foorpc does not await: a TypeError that says so, and the coroutine
+/// is closed (no "never awaited" warning).
+fn not_awaitable<'py>(
+    h: &Handler,
+    method: &str,
+    out: Bound<'py, PyAny>,
+    client: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: reads a slot of a valid type object (allowed for static
+    // types since 3.10, heap types always).
+    let awaitable = unsafe {
+        !pyo3::ffi::PyType_GetSlot(pyo3::ffi::Py_TYPE(out.as_ptr()), pyo3::ffi::Py_am_await)
+            .is_null()
+    };
+    if !awaitable {
+        return Ok(out);
+    }
+    let py = out.py();
+    if let Ok(close) = out.getattr("close") {
+        if let Err(e) = close.call0() {
+            e.write_unraisable(py, Some(&out));
+        }
+    }
+    let func = h.func.bind(py);
+    let shown = func
+        .getattr("__qualname__")
+        .and_then(|n| n.str())
+        .map(|n| n.to_string())
+        .or_else(|_| func.repr().map(|r| r.to_string()))
+        .unwrap_or_else(|_| "?".into());
+    let kind = out
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "awaitable".into());
+    let advice = if client {
+        "a client's handlers must be plain callables that return the value \
+         (foorpc does not await them)"
+    } else {
+        "declare the handler `async def` (an async function behind a decorator \
+         that is not itself `async def` is run as a plain one) so that foorpc awaits it"
+    };
+    Err(PyTypeError::new_err(format!(
+        "handler {shown} of {method:?} returned a {kind} instead of a value: {advice}"
+    )))
+}
+
+fn run_method(h: &Handler, req: Request, client: bool) {
     let Request {
+        method,
         params,
         peer,
         responder,
-        ..
     } = req;
     convert::with_buffer(|buf| {
         let Some(ok) = interpreter::attach(|py| {
             let result = h
                 .args(py, params, peer)
                 .and_then(|args| h.func.bind(py).call1(args))
+                .and_then(|out| not_awaitable(h, &method, out, client))
                 .and_then(|out| convert::encode(&out, buf, 0));
             encode_outcome(py, result, buf)
         }) else {
@@ -183,7 +233,7 @@ fn run_deferred(h: &Handler, req: Request) {
     });
 }
 
-fn run_notification(h: &Handler, n: Notification) {
+fn run_notification(h: &Handler, n: Notification, client: bool) {
     let Notification {
         method,
         params,
@@ -197,7 +247,8 @@ fn run_notification(h: &Handler, n: Notification) {
             // traceback, which would only show foorpc's own frames.
             Err(e) => return log_dropped_notification(py, &method, &e),
         };
-        if let Err(e) = h.func.bind(py).call1(args) {
+        let called = h.func.bind(py).call1(args);
+        if let Err(e) = called.and_then(|out| not_awaitable(h, &method, out, client)) {
             e.write_unraisable(py, Some(h.func.bind(py)));
         }
     });

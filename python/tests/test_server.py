@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
+import logging
 import os
 import socket
 import threading
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Iterator
@@ -272,6 +275,67 @@ def test_callback_into_client(server: foorpc.Server) -> None:
         assert got.wait(5) and told == ["hi"]
         with pytest.raises(foorpc.RemoteError, match="unknown method"):
             c.call("aask_missing")
+
+
+def _logged(func: Any) -> Any:
+    """An ordinary decorator: the wrapper is not `async def`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any) -> Any:
+        return func(*args)
+
+    return wrapper
+
+
+def test_plain_handler_returning_a_coroutine_is_a_clear_type_error(
+    server: foorpc.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An `async def` behind a plain decorator runs as a plain handler: the
+    coroutine it returns is refused with a TypeError that names the handler
+    and says to declare it `async def`, and it is closed (no "never
+    awaited" warning). A client's handlers must be plain callables."""
+
+    @server.method
+    @_logged
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @server.notification
+    @_logged
+    async def note() -> None:
+        pass
+
+    @server.method
+    def ask(peer: foorpc.Peer, x: int) -> Any:
+        return peer.call("double", x)
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    addr = serve(server)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with foorpc.Client(addr, timeout=10, handlers={"double": double}) as c:
+            with pytest.raises(foorpc.RemoteError) as ei:
+                c.add(1, 2)
+            assert ei.value.code == 0 and ei.value.message is not None
+            assert ei.value.message.startswith("TypeError: handler ")
+            assert "add" in ei.value.message and "coroutine" in ei.value.message
+            assert "declare the handler `async def`" in ei.value.message
+            with pytest.raises(foorpc.RemoteError) as ei:
+                c.ask(2)
+            assert ei.value.message is not None
+            assert ei.value.message.startswith("TypeError: handler ")
+            assert "double" in ei.value.message
+            assert "a client's handlers must be plain callables" in ei.value.message
+            with caplog.at_level(logging.ERROR, logger="foorpc"):
+                c.notify("note")
+                deadline = time.monotonic() + 5
+                while "declare the handler `async def`" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert "notification handler 'note' returned a coroutine" in caplog.text
+        gc.collect()
+    assert [w for w in caught if "never awaited" in str(w.message)] == []
 
 
 def test_notifications_in_order(server: foorpc.Server) -> None:

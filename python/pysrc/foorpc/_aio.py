@@ -26,7 +26,9 @@ class AsyncClient(_NativeAsyncClient):
     (``loop.add_reader``): replies wake their tasks with no thread hand-off.
     Use one client per event loop. With handlers (the server may call the
     client at any time), foorpc's I/O thread reads and hands replies to the
-    loop.
+    loop. Handlers (``handlers=``, ``notification_handlers=``) must be plain
+    callables: one that returns an awaitable (an ``async def``) answers the
+    server with a ``TypeError`` error reply instead of being awaited.
 
     Create it with ``await AsyncClient.connect(address)`` (connects without
     blocking the loop) or ``AsyncClient(address)`` (connects right away,

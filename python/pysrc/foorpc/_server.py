@@ -110,7 +110,13 @@ class Server:
         return deco
 
     def add_method(self, name: str, func: F) -> F:
-        """Registers ``func`` as the handler of method ``name``."""
+        """Registers ``func`` as the handler of method ``name``.
+
+        An ``async def`` function (or an object whose ``__call__`` is one) is
+        awaited on the server's loop; any other callable runs on the worker
+        pool, and if it returns an awaitable (an ``async def`` behind a
+        decorator that is not itself ``async def``) the caller gets a
+        ``TypeError`` error reply saying to declare it ``async def``."""
         pass_peer = _wants_peer(func)
         if _is_async(func):
             self._has_async = True
@@ -161,9 +167,21 @@ class Server:
 
         def guarded(*args: Any) -> None:
             try:
-                func(*args)
+                out = func(*args)
             except Exception:
                 log.exception("foorpc: notification handler %r raised", name)
+                return
+            if inspect.isawaitable(out):
+                # Not awaited: an async function behind a plain decorator.
+                close = getattr(out, "close", None)
+                if close is not None:
+                    close()
+                log.error(
+                    "foorpc: notification handler %r returned a %s, which foorpc does not await: "
+                    "declare the handler `async def`",
+                    name,
+                    type(out).__name__,
+                )
 
         return guarded
 
