@@ -642,7 +642,9 @@ bool foorpc_client_is_connected(const struct foorpc_client *client);
  * returns (handlers registered with foorpc_client_options_register* are
  * not waited for). Must not be called from a foorpc callback of this
  * client (if it is, it does not wait for the callbacks the calling thread
- * is inside of).
+ * is inside of). In a child process after fork(), closing or freeing a
+ * client inherited from the parent releases only the child's copy: the
+ * parent's connection goes on.
  */
 void foorpc_client_free(struct foorpc_client *client);
 

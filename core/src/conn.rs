@@ -1427,6 +1427,14 @@ impl Conn {
         if !first {
             return;
         }
+        if self.fork_generation != fork::generation() {
+            // In a child after fork() the socket and the reactor are the
+            // parent's: a shutdown(2) would end the parent's connection (it
+            // acts on the socket, not on this process's descriptor), and the
+            // reactor's thread is not here. Dropping closes only the child's
+            // descriptor.
+            return;
+        }
         self.stream.shutdown();
         if let Some(r) = self.reactor.get() {
             r.remove_conn(self.id);

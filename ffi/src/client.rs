@@ -360,7 +360,9 @@ pub extern "C" fn foorpc_client_is_connected(client: *const foorpc_client) -> bo
 /// returns (handlers registered with foorpc_client_options_register* are
 /// not waited for). Must not be called from a foorpc callback of this
 /// client (if it is, it does not wait for the callbacks the calling thread
-/// is inside of).
+/// is inside of). In a child process after fork(), closing or freeing a
+/// client inherited from the parent releases only the child's copy: the
+/// parent's connection goes on.
 #[no_mangle]
 pub extern "C" fn foorpc_client_free(client: *mut foorpc_client) {
     ffi_panic_boundary! {

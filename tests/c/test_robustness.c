@@ -662,6 +662,46 @@ static void test_server_free_in_forked_child(void) {
     foorpc_server_free(s);
 }
 
+/* A child that frees a client it inherited over fork() leaves the parent's
+ * connection alone (a shutdown(2) there would end it: it acts on the shared
+ * socket, not on the child's descriptor). */
+static void test_client_free_in_forked_child(void) {
+    char addr[128];
+    foorpc_server *s = start_server(addr, sizeof addr);
+    foorpc_client *c = s ? connect_to(addr) : NULL;
+    int fds[2];
+    if (!c || pipe(fds) != 0) {
+        foorpc_client_free(c);
+        foorpc_server_free(s);
+        return fail("client_free_in_forked_child", "setup");
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20); /* kills the child if free hangs */
+        close(fds[0]);
+        foorpc_result refused = call_add(c, "add", 1, 1, 2000, NULL);
+        foorpc_client_free(c);
+        char report = refused == FOORPC_RESULT_USAGE ? 'k' : 'u';
+        ssize_t w = write(fds[1], &report, 1);
+        _exit(w == 1 ? 0 : 1);
+    }
+    close(fds[1]);
+    char got = 0;
+    ssize_t n = pid > 0 ? read(fds[0], &got, 1) : -1;
+    close(fds[0]);
+    int status = -1;
+    if (pid > 0) waitpid(pid, &status, 0);
+    int64_t sum = 0;
+    foorpc_result rc = call_add(c, "add", 2, 3, 5000, &sum);
+    check("client_free_in_forked_child",
+          n == 1 && got == 'k' && rc == FOORPC_RESULT_OK && sum == 5 && foorpc_client_is_connected(c),
+          "child reported %zd byte(s) '%c' (k: its call was refused, then free returned), status %#x; "
+          "parent's call after it rc=%u sum=%lld",
+          n, got ? got : '-', status, rc, (long long)sum);
+    foorpc_client_free(c);
+    foorpc_server_free(s);
+}
+
 /* foorpc_server_free waits for pool notification handlers still running
  * (the stop does not), and none starts after it returns. */
 static atomic_int note_started, note_running, note_finished;
@@ -1162,6 +1202,7 @@ int main(void) {
     test_server_free_mid_call();
     test_stop_from_call_callback();
     test_server_free_in_forked_child();
+    test_client_free_in_forked_child();
     test_server_free_waits_for_notification_handlers();
     test_client_free_waits_for_running_callback(addr);
 
