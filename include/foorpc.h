@@ -408,7 +408,10 @@ typedef void (*foorpc_notification_callback)(void *userdata,
  * of the connection (a client's I/O thread, or the server's for a peer of a
  * server connection); it can also be a thread blocked in a call on the same
  * connection (which reads replies for everyone), or the thread making the
- * asynchronous call, before it returns, when the outcome is known at once.
+ * asynchronous call, before it returns, when the outcome is known at once,
+ * or the thread that closes the connection (foorpc_client_close,
+ * foorpc_client_free, foorpc_peer_close), for the calls still pending then:
+ * do not hold a lock around those that the callback takes too.
  * Callbacks of different calls may run at the same time. It must be quick
  * and must not block: a blocking foorpc call from the I/O thread, or on the
  * same connection from a thread blocked in a call on it, fails with
