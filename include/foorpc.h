@@ -531,7 +531,10 @@ void foorpc_client_options_free(struct foorpc_client_options *options);
  * milliseconds for the connection (0: the default, 10 s). Calls made later
  * without their own timeout wait at most 30 s. The client serves no
  * requests: the server's requests get an error reply, its notifications are
- * ignored (see foorpc_client_connect_with).
+ * ignored (see foorpc_client_connect_with). Such a client has no I/O thread
+ * and reads only while one of its own calls waits, so a server request sent
+ * while none does is answered at the client's next call (or waits out the
+ * server's timeout).
  *
  * On success `*client_out` receives a new client; the caller owns it and
  * must call foorpc_client_free. Errors: FOORPC_RESULT_INVALID_ADDRESS,
