@@ -543,7 +543,10 @@ impl ServerCore {
 
     /// Graceful shutdown: stop accepting, let calls in flight finish (up to
     /// the drain timeout), close connections. Blocks until done; idempotent.
-    fn shutdown(&self, py: Python<'_>) {
+    /// The drain runs on a thread of its own and is waited for in slices, so
+    /// that Ctrl-C (an exception from a signal handler) ends the wait; the
+    /// drain then finishes by itself, within the drain timeout.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let server = {
             let mut st = self.lock();
             st.stopped = true;
@@ -551,8 +554,31 @@ impl ServerCore {
             st.builder = None;
             st.server.clone()
         };
-        if let Some(s) = server {
+        let Some(s) = server else { return Ok(()) };
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let drain = s.clone();
+        let spawned = std::thread::Builder::new()
+            .name("foorpc-server-stop".into())
+            .spawn(move || {
+                drain.shutdown();
+                drop(done_tx);
+            });
+        if spawned.is_err() {
             py.detach(|| s.shutdown());
+            return Ok(());
+        }
+        let mut done = done;
+        loop {
+            // The receiver goes in and comes back: it is not Sync.
+            let (outcome, rx) = py.detach(move || {
+                let outcome = done.recv_timeout(Duration::from_millis(50));
+                (outcome, done)
+            });
+            done = rx;
+            match outcome {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+                _ => return Ok(()),
+            }
         }
     }
 

@@ -292,7 +292,8 @@ class Server:
     def serve_forever(self) -> None:
         """Serves in the foreground until `shutdown` (called from another
         thread or a handler) has finished, or Ctrl-C (then shuts down and
-        re-raises KeyboardInterrupt)."""
+        re-raises KeyboardInterrupt; a second Ctrl-C stops waiting for the
+        drain, which goes on by itself within ``drain_timeout``)."""
         if not self._core.running:
             self.start()
         try:
