@@ -28,6 +28,7 @@ use crate::codec::{self, DecodeError, Decoder, Params};
 use crate::deadline;
 use crate::dispatch::{Notification, Request, Responder, Router};
 use crate::error::{Error, Result, ERROR_CODE_VALIDATION};
+use crate::interrupt;
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::peer::Peer;
@@ -599,6 +600,11 @@ impl Conn {
                     "timed out writing to the peer".into(),
                 ));
                 return Err(Error::Timeout);
+            }
+            if interrupt::requested() {
+                let err = Error::ConnectionLost("the write was interrupted".into());
+                self.close(err.clone());
+                return Err(err);
             }
             let slice = Some(deadline.map_or(now + SLICE, |d| d.min(now + SLICE)));
             match self.read.try_lock() {

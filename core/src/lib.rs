@@ -48,6 +48,7 @@ pub mod dispatch;
 pub mod error;
 mod fasthash;
 mod fork;
+mod interrupt;
 pub mod limits;
 pub mod message;
 mod peer;
@@ -67,6 +68,7 @@ pub use error::{Error, Result, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 /// A number that changes in a child process after every `fork()`: front
 /// ends compare it (one atomic load) to refuse objects inherited across fork.
 pub use fork::generation as fork_generation;
+pub use interrupt::with_write_interrupt;
 pub use limits::Limits;
 pub use message::Message;
 pub use peer::{encoded_result, from_value, to_params, Peer, PendingCall};

@@ -39,6 +39,38 @@ pub fn seconds(s: f64) -> PyResult<Option<Duration>> {
     Ok(Duration::try_from_secs_f64(s).ok())
 }
 
+thread_local! {
+    /// The exception a signal handler raised while this thread was writing.
+    static INTERRUPTED_BY: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Asked by the core between the slices of a write that waits for the peer
+/// to read (a large request to a peer that does not read): runs the Python
+/// signal handlers, so that Ctrl-C stops the write as it stops the wait for
+/// a reply. On the main thread only, as Python runs them nowhere else.
+fn signal_handler_raised() -> bool {
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            INTERRUPTED_BY.with(|slot| *slot.borrow_mut() = Some(e));
+            true
+        }
+    })
+}
+
+/// Sends with the GIL released and Python's signal handlers asked while the
+/// write waits; the exception a handler raised wins over the core's error.
+fn send_interruptibly<R: Send>(
+    py: Python<'_>,
+    send: impl FnOnce() -> foorpc::Result<R> + Send,
+) -> PyResult<R> {
+    let sent = py.detach(|| foorpc::with_write_interrupt(signal_handler_raised, send));
+    match INTERRUPTED_BY.with(|slot| slot.borrow_mut().take()) {
+        Some(raised) => Err(raised),
+        None => sent.map_err(|e| PyErr::from(Error(e))),
+    }
+}
+
 fn default_timeout_arg(t: Option<f64>) -> PyResult<Option<Duration>> {
     match t {
         None => Ok(None),
@@ -59,12 +91,12 @@ pub fn blocking_call(
 ) -> PyResult<Py<PyAny>> {
     let (mut pending, mut outcome) = convert::with_buffer(|buf| {
         convert::encode_params(params, buf)?;
-        py.detach(|| {
+        let buf = &*buf;
+        send_interruptibly(py, || {
             let mut pending = peer.call_async_encoded(method, buf, timeout)?;
             let outcome = pending.wait_for(WAIT_SLICE);
-            Ok::<_, foorpc::Error>((pending, outcome))
+            Ok((pending, outcome))
         })
-        .map_err(|e| PyErr::from(Error(e)))
     })?;
     loop {
         if let Some(r) = outcome {
@@ -87,8 +119,8 @@ pub fn notify(
 ) -> PyResult<()> {
     convert::with_buffer(|buf| {
         convert::encode_params(params, buf)?;
-        py.detach(|| peer.notify_encoded(method, buf))
-            .map_err(|e| PyErr::from(Error(e)))
+        let buf = &*buf;
+        send_interruptibly(py, || peer.notify_encoded(method, buf))
     })
 }
 

@@ -198,3 +198,56 @@ def test_ctrl_c_interrupts_call(calc: str, how: str) -> None:
         assert time.monotonic() - t0 < 2
         assert c.pending_calls == 0  # the interrupted call was forgotten
         assert c.add(1, 2) == 3
+
+
+WRITE_TO_A_PEER_THAT_DOES_NOT_READ = """
+import os, signal, socket, sys, threading, time
+import foorpc
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+held = []
+threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+client = foorpc.Client(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout=None)
+
+def press_ctrl_c() -> None:
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=press_ctrl_c, daemon=True).start()
+big = b"x" * (40 << 20)  # far more than the socket buffers hold
+started = time.monotonic()
+try:
+    if sys.argv[1] == "call":
+        client.call("echo", big)
+    else:
+        client.notify("echo", big)
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - started:.2f} s; closed={client.closed}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("what", ["call", "notify"])
+def test_ctrl_c_stops_a_write_the_peer_does_not_read(what: str) -> None:
+    # With no timeout, the write of a large request to a peer that does not
+    # read used to wait for ever, Ctrl-C unseen. Now Ctrl-C stops it, and the
+    # connection is closed (part of the message may be on the wire).
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_TO_A_PEER_THAT_DOES_NOT_READ, what],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert "interrupted after" in done.stdout, done.stdout + done.stderr
+    took = float(done.stdout.split("interrupted after ")[1].split(" s")[0])
+    assert took < 10, done.stdout
+    assert "closed=True" in done.stdout, done.stdout
+    for bad in ("Fatal Python error", "panicked"):
+        assert bad not in done.stderr, done.stderr
