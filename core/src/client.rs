@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::conn::{Conn, ConnConfig};
 use crate::dispatch::Router;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::limits::Limits;
 use crate::peer::Peer;
 use crate::reactor::ReactorHandle;
@@ -91,15 +91,17 @@ struct CloseOnDrop(Arc<Conn>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close(Error::Closed);
+        self.0.close_when_calls_done();
     }
 }
 
 /// A connection to a MessagePack-RPC server.
 ///
 /// Clone it freely and share it between threads: every clone uses the same
-/// connection, calls are pipelined and replies matched by msgid. The
-/// connection closes when the last clone is dropped (or on [`Peer::close`]).
+/// connection, calls are pipelined and replies matched by msgid. When the
+/// last clone is dropped, the connection closes once the calls already made
+/// are done (each ends with its reply, its timeout, or the peer's close);
+/// [`Peer::close`] closes it at once and fails them.
 /// All calling methods come from [`Peer`].
 #[derive(Clone)]
 pub struct Client {

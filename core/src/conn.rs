@@ -244,6 +244,9 @@ pub(crate) struct Conn {
     /// Why, and when the connection closes at the latest.
     drain: Mutex<Option<(Error, Instant)>>,
     pending: Mutex<Pending>,
+    /// Its owner is gone: the connection closes once no call of ours is
+    /// pending (see [`Conn::close_when_calls_done`]).
+    close_when_idle: AtomicBool,
     closed: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
@@ -305,6 +308,7 @@ impl Conn {
                 pos: 0,
                 cork: 0,
             }),
+            close_when_idle: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
@@ -1073,6 +1077,7 @@ impl Conn {
                         } else {
                             Err(Error::Remote(error))
                         });
+                        self.close_if_calls_done();
                     }
                 }
                 Message::Request {
@@ -1229,6 +1234,7 @@ impl Conn {
         };
         if let Err(e) = sent {
             lock(&self.pending).take(msgid);
+            self.close_if_calls_done();
             return Err(e);
         }
         Ok((msgid, slot))
@@ -1250,6 +1256,7 @@ impl Conn {
     /// Forgets a call (timed out, or its handle was dropped).
     pub(crate) fn cancel(&self, msgid: u32) {
         lock(&self.pending).take(msgid);
+        self.close_if_calls_done();
     }
 
     /// Fails the calls whose deadline has passed; returns the next deadline.
@@ -1268,8 +1275,12 @@ impl Conn {
         drop(pending);
         self.reactor_wakes_at
             .store(as_nanos(next), Ordering::Release);
+        let any_expired = !expired.is_empty();
         for slot in expired {
             slot.complete(Err(Error::Timeout));
+        }
+        if any_expired {
+            self.close_if_calls_done();
         }
         next
     }
@@ -1444,6 +1455,26 @@ impl Conn {
         self.stream.shutdown();
         if let Some(r) = self.reactor.get() {
             r.remove_conn(self.id);
+        }
+    }
+
+    /// Closes the connection once no call of ours is pending: at once when
+    /// none is. Calls already made still get their replies (and their
+    /// callbacks, futures or waiting threads their outcome), as after
+    /// dropping a tarpc or gRPC channel; every call ends by its timeout, or
+    /// when the peer closes.
+    pub(crate) fn close_when_calls_done(&self) {
+        self.close_when_idle.store(true, Ordering::SeqCst);
+        // After the store: a call taken out of the table before it finds
+        // the flag unset, and this look finds the table without it.
+        self.close_if_calls_done();
+    }
+
+    /// Checked each time a call leaves the table.
+    #[inline]
+    fn close_if_calls_done(&self) {
+        if self.close_when_idle.load(Ordering::SeqCst) && lock(&self.pending).len() == 0 {
+            self.close(Error::Closed);
         }
     }
 

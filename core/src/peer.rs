@@ -308,6 +308,10 @@ impl PendingCall {
     /// Blocks until the reply arrives or the call's timeout passes.
     pub fn wait(mut self) -> Result<Value> {
         self.finished = true;
+        // A reply read before the connection closed is still this call's.
+        if let Some(r) = self.slot.try_take() {
+            return r;
+        }
         if let Err(e) = self.conn.check_usable(true) {
             self.conn.cancel(self.msgid);
             return Err(e);

@@ -270,3 +270,51 @@ fn a_blocking_call_from_a_callback_on_the_reading_thread_fails_at_once() {
     // Outside a callback, blocking calls work as before.
     assert_eq!(client.call::<i64>("add", (2, 2)).unwrap(), 4);
 }
+
+/// Dropping the last `Client` lets the calls already made finish: a
+/// completion callback and a waited handle both get their replies, and the
+/// connection closes once they are done.
+#[test]
+fn calls_made_before_the_client_is_dropped_get_their_replies() {
+    let (server, client, gate) = setup();
+    let (tx, rx) = mpsc::channel();
+    client
+        .call_async("block", &[], CALL)
+        .unwrap()
+        .on_complete(move |r| tx.send(r).unwrap());
+    let waited = client.call_async("block", &[], CALL).unwrap();
+    let peer = client.peer().clone();
+    drop(client);
+    assert!(!peer.is_closed(), "closed with two calls in flight");
+    gate.open();
+    let by_callback = rx.recv_timeout(PROMPT).expect("the callback never ran");
+    assert_eq!(by_callback.unwrap(), Value::from("unblocked"));
+    assert_eq!(waited.wait().unwrap(), Value::from("unblocked"));
+    assert!(
+        eventually(PROMPT, || peer.is_closed()
+            && server.connection_count() == 0),
+        "the connection stayed open after its last call"
+    );
+}
+
+/// Without calls in flight, dropping the last `Client` closes at once; with
+/// some, their timeout still ends them (and then the connection).
+#[test]
+fn a_dropped_client_closes_when_idle_or_when_its_calls_time_out() {
+    let (server, client, _gate) = setup();
+    let peer = client.peer().clone();
+    drop(client);
+    assert!(peer.is_closed());
+
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    client
+        .call_async("block", &[], Some(Duration::from_millis(200)))
+        .unwrap()
+        .on_complete(move |r| tx.send(r).unwrap());
+    let peer = client.peer().clone();
+    drop(client);
+    let outcome = rx.recv_timeout(PROMPT).expect("the callback never ran");
+    assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+    assert!(eventually(PROMPT, || peer.is_closed()));
+}
