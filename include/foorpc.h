@@ -39,8 +39,13 @@
 /**
  * Flag for foorpc_server_register* and foorpc_client_options_register*: run
  * the handler on the I/O thread that read the message: no thread hand-off,
- * but it must be quick and never block (no blocking foorpc calls, which fail
- * there with FOORPC_RESULT_USAGE; no sleeping). Use it for short handlers and
+ * but it must be quick and never block: a blocking foorpc call
+ * (foorpc_peer_call, foorpc_client_call) on a connection this I/O thread
+ * serves fails with FOORPC_RESULT_USAGE; any other blocking call (on
+ * another client, say), and any sleep, stalls every connection of this I/O
+ * thread (every connection of the server, or every client of the process
+ * that uses foorpc's client I/O thread) until it returns; the
+ * asynchronous calls and notifications never block. Use it for short handlers and
  * for handlers that hand their responder to another thread to answer later.
  * Inline notification handlers see notifications of one connection in
  * arrival order.
@@ -79,7 +84,11 @@
 
 /**
  * Bytes of replies a server queues for a peer that does not read them
- * before it reads no more of that peer's requests (default 8 MiB).
+ * before it reads no more of that peer's requests (default 8 MiB). On a
+ * server's or a client's connection alike, foorpc_*_call_async and
+ * foorpc_*_notify fail with FOORPC_RESULT_LIMIT_EXCEEDED, sending nothing,
+ * while more than this already waits unwritten for the peer to read it
+ * (one message may exceed it).
  */
 #define FOORPC_LIMIT_MAX_WRITE_BACKLOG 6
 
@@ -510,8 +519,9 @@ foorpc_result foorpc_client_options_register_notification_fallback(const struct 
  * what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
  * least 1 (UINT64_MAX: no limit; see each constant for its meaning and
  * default;
- * FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
- * FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
+ * FOORPC_LIMIT_MAX_CONNECTIONS and FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for
+ * servers and do nothing here; FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what
+ * foorpc_client_call_async and foorpc_client_notify leave queued).
  * Like the handlers, the limits are copied when a client connects. Errors:
  * FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
  */
@@ -531,10 +541,12 @@ void foorpc_client_options_free(struct foorpc_client_options *options);
  * milliseconds for the connection (0: the default, 10 s). Calls made later
  * without their own timeout wait at most 30 s. The client serves no
  * requests: the server's requests get an error reply, its notifications are
- * ignored (see foorpc_client_connect_with). Such a client has no I/O thread
- * and reads only while one of its own calls waits, so a server request sent
- * while none does is answered at the client's next call (or waits out the
- * server's timeout).
+ * ignored (see foorpc_client_connect_with). Such a client reads only while
+ * one of its own calls waits, so a server request sent while none does is
+ * answered at the client's next call (or waits out the server's timeout),
+ * until it needs foorpc's client I/O thread: from its first
+ * foorpc_client_call_async, or the first notification the socket does not
+ * take at once, on, that thread reads and writes for it.
  *
  * On success `*client_out` receives a new client; the caller owns it and
  * must call foorpc_client_free. Errors: FOORPC_RESULT_INVALID_ADDRESS,
@@ -575,7 +587,9 @@ foorpc_result foorpc_client_connect_with(const char *address,
  * by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
  * arrays/maps nested 128 deep counting the request and params arrays;
  * nothing is sent and the connection stays open),
- * FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+ * FOORPC_RESULT_TIMEOUT (if by then the server had not read all of the
+ * request, the connection is closed too: part of it may be on the wire),
+ * FOORPC_RESULT_CONNECTION_LOST,
  * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
  * or a callback on foorpc's I/O thread, or from a callback that runs on a
  * thread blocked in a call on the same connection: see
@@ -590,20 +604,35 @@ foorpc_result foorpc_client_call(const struct foorpc_client *client,
                                  struct foorpc_buf **result_out);
 
 /**
- * Calls `method` without blocking: sends the request and returns at once;
- * `callback(userdata, ...)` receives the outcome later (see
- * foorpc_call_callback for its thread and arguments). `method`, `params`
- * and `params_len` are as for foorpc_client_call and are not retained;
- * `timeout_ms` bounds the wait for the reply (0: the default, 30 s).
+ * Calls `method` without blocking: queues the request and returns at
+ * once, without waiting for the server to read it; `callback(userdata,
+ * ...)` receives the outcome later (see foorpc_call_callback for its thread
+ * and arguments). What the socket does not take at once is written by
+ * foorpc's client I/O thread (shared by the clients of the process). `method`,
+ * `params` and `params_len` are as for foorpc_client_call and are not
+ * retained (what is still to be written is copied); `timeout_ms` bounds the
+ * wait for the reply, writing the request included (0: the default, 30 s).
  *
- * When it returns FOORPC_RESULT_OK the callback runs exactly once (also
- * when the call times out, the connection fails, or the client is closed or
- * freed first), with one exception: a reply the I/O thread has read but
- * not yet handed to the callback when foorpc_client_free starts is dropped
- * and its callback never runs (see foorpc_client_free). When it returns an
- * error the callback never runs. `userdata` must stay valid until the
+ * When it returns FOORPC_RESULT_OK the callback runs exactly once: with
+ * the reply; with FOORPC_RESULT_TIMEOUT when none came in time (if by then
+ * the server had not read all of the request, the connection is closed
+ * too, since part of it may be on the wire: the other calls pending on it
+ * end with FOORPC_RESULT_CONNECTION_LOST); with
+ * FOORPC_RESULT_CONNECTION_LOST when the connection fails; with
+ * FOORPC_RESULT_CLOSED when the client is closed or freed first. One
+ * exception: a reply the I/O thread has read but not yet handed to the
+ * callback when foorpc_client_free starts is dropped and its callback never
+ * runs (see foorpc_client_free). `userdata` must stay valid until the
  * callback has run, or until foorpc_client_free has returned.
- * Thread-safe; callable from any thread, including from a callback.
+ *
+ * On an error the callback never runs and nothing is sent:
+ * FOORPC_RESULT_INVALID_MSGPACK (as for foorpc_client_call),
+ * FOORPC_RESULT_LIMIT_EXCEEDED (more than the client's
+ * FOORPC_LIMIT_MAX_WRITE_BACKLOG, by default 8 MiB, already waits unwritten
+ * for the server to read it; one request may exceed it; the connection
+ * stays open), FOORPC_RESULT_CLOSED or FOORPC_RESULT_CONNECTION_LOST (the
+ * connection is closed). Thread-safe; callable from any thread, including
+ * from a callback.
  */
 foorpc_result foorpc_client_call_async(const struct foorpc_client *client,
                                        const char *method,
@@ -614,9 +643,17 @@ foorpc_result foorpc_client_call_async(const struct foorpc_client *client,
                                        void *userdata);
 
 /**
- * Sends a notification: `method` with `params` (as for foorpc_client_call),
- * no reply. Returns once the message is queued for sending (it may still be
- * lost if the connection fails). Not retained. Thread-safe.
+ * Sends a notification: `method` with `params` (as for foorpc_client_call,
+ * not retained), no reply. Queues it and returns at once, without waiting
+ * for the server to read it: what the socket does not take at once is
+ * written by foorpc's client I/O thread, as for foorpc_client_call_async.
+ * It may still be lost if the connection fails; bytes the server never
+ * reads stay queued until the connection closes (foorpc_client_close and
+ * foorpc_client_free do not wait for them, and drop them).
+ * Errors (nothing is sent): FOORPC_RESULT_INVALID_MSGPACK,
+ * FOORPC_RESULT_LIMIT_EXCEEDED (as for foorpc_client_call_async),
+ * FOORPC_RESULT_CLOSED, FOORPC_RESULT_CONNECTION_LOST. Thread-safe;
+ * callable from any thread, including from a callback.
  */
 foorpc_result foorpc_client_notify(const struct foorpc_client *client,
                                    const char *method,
@@ -933,9 +970,10 @@ foorpc_result foorpc_peer_call(const struct foorpc_peer *peer,
  * foorpc_client_call_async: when it returns FOORPC_RESULT_OK,
  * `callback(userdata, ...)` runs exactly once with the outcome (see
  * foorpc_call_callback), also when the connection closes first; on an
- * error it never runs. `userdata` must stay valid until the callback has
- * run. Thread-safe; callable from any thread, inline handlers and
- * callbacks included.
+ * error it never runs (errors as for foorpc_client_call_async, the limit
+ * being the server's or client's FOORPC_LIMIT_MAX_WRITE_BACKLOG). `userdata`
+ * must stay valid until the callback has run. Thread-safe; callable from
+ * any thread, inline handlers and callbacks included.
  */
 foorpc_result foorpc_peer_call_async(const struct foorpc_peer *peer,
                                      const char *method,
@@ -947,8 +985,10 @@ foorpc_result foorpc_peer_call_async(const struct foorpc_peer *peer,
 
 /**
  * Sends a notification to the other side: `method` with `params` (as for
- * foorpc_client_notify), no reply. Returns once it is queued for sending.
- * Thread-safe; callable from any thread, inline handlers included.
+ * foorpc_client_notify), no reply. Returns once it is queued for sending,
+ * without waiting for the peer to read it (errors as for
+ * foorpc_client_notify). Thread-safe; callable from any thread, inline
+ * handlers included.
  */
 foorpc_result foorpc_peer_notify(const struct foorpc_peer *peer,
                                  const char *method,

@@ -6,7 +6,9 @@
 //!   for a reply reads the socket itself when no other thread is reading
 //!   (leader/followers), so a synchronous call costs no thread hand-off;
 //! - by a reactor thread (servers, and clients that have handlers, futures or
-//!   callbacks): the reactor reads, and waiting threads are woken with the reply.
+//!   callbacks, or a non-blocking send the socket did not take at once, see
+//!   `Flush::Background`): the reactor reads and finishes writes, and waiting
+//!   threads are woken with the reply.
 //!
 //! - by the program's own event loop (asyncio, for example), which reads
 //!   when the socket is readable and flushes what its calls queued; nothing
@@ -129,6 +131,9 @@ struct WriteState {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     pos: usize,
+    /// Bytes written since the connection opened: a message queued ends at
+    /// `written + backlog()` (see `CallSlot::request_end`).
+    written: u64,
     /// Large payloads that go out where they stand in the stream, straight
     /// from their own buffer (one `sendmsg` with the bytes around them)
     /// instead of being copied into `buf`; in stream order.
@@ -143,6 +148,20 @@ struct Spliced {
     data: Vec<u8>,
     /// Bytes of `data` already written.
     done: usize,
+}
+
+/// What a send does with the bytes the socket does not take at once.
+#[derive(Clone, Copy)]
+pub(crate) enum Flush {
+    /// On a connection read by its callers, this thread waits for the
+    /// socket until the deadline (blocking calls); on one with a reactor or
+    /// an event loop, that finishes the write.
+    Wait(Option<Instant>),
+    /// Returns at once: the reactor or the event loop finishes the write,
+    /// and a connection read by its callers gets the client reactor for it.
+    /// Refused with `Error::LimitExceeded` while the connection's backlog
+    /// is over `Limits::max_write_backlog` (see `Conn::check_backlog`).
+    Background,
 }
 
 /// Payloads at least this large are spliced rather than copied.
@@ -178,6 +197,7 @@ impl WriteState {
 
     /// Marks `n` more bytes of the stream written.
     fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
         while n > 0 {
             let next = self.spliced.front().map_or(self.buf.len(), |s| s.at);
             if self.pos < next {
@@ -306,6 +326,7 @@ impl Conn {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
                 pos: 0,
+                written: 0,
                 cork: 0,
             }),
             close_when_idle: AtomicBool::new(false),
@@ -440,27 +461,26 @@ impl Conn {
 
     // ---- writing ----------------------------------------------------------
 
-    /// Queues one encoded message and writes it out (unless corked).
-    ///
-    /// Without a reactor, a full socket is waited on here until `deadline`, as
-    /// a blocking socket would; with one, the reactor finishes the write.
+    /// Queues one encoded message and writes it out (unless corked); gives
+    /// where the message ends in the outgoing stream. `flush` says who
+    /// writes what the socket does not take at once.
     pub(crate) fn send(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        flush: Flush,
         encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<()> {
-        self.queue_and_flush(deadline, |w| encode(&mut w.buf))
+    ) -> Result<u64> {
+        self.queue_and_flush(flush, |w| encode(&mut w.buf))
     }
 
     /// [`Conn::send`] of a message that ends with a large payload: `head`
     /// encodes what precedes it, and `payload` leaves from its own buffer.
     pub(crate) fn send_spliced(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        flush: Flush,
         head: impl FnOnce(&mut Vec<u8>),
         payload: Vec<u8>,
-    ) -> Result<()> {
-        self.queue_and_flush(deadline, |w| {
+    ) -> Result<u64> {
+        self.queue_and_flush(flush, |w| {
             head(&mut w.buf);
             let at = w.buf.len();
             w.spliced.push_back(Spliced {
@@ -477,33 +497,29 @@ impl Conn {
     /// else is queued; only what the socket does not take at once is copied.
     pub(crate) fn send_with_payload(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        flush: Flush,
         head: impl FnOnce(&mut Vec<u8>),
         payload: &[u8],
-    ) -> Result<()> {
+    ) -> Result<u64> {
         if payload.len() < SPLICE_MIN {
-            return self.send(deadline, |out| {
+            return self.send(flush, |out| {
                 head(out);
                 out.extend_from_slice(payload);
             });
         }
         let mut first = Vec::with_capacity(64);
         head(&mut first);
-        self.send_borrowed(deadline, &first, payload)
+        self.send_borrowed(flush, &first, payload)
     }
 
-    fn send_borrowed(
-        self: &Arc<Self>,
-        deadline: Option<Instant>,
-        head: &[u8],
-        payload: &[u8],
-    ) -> Result<()> {
-        self.queue_and_flush(deadline, |w| {
+    fn send_borrowed(self: &Arc<Self>, flush: Flush, head: &[u8], payload: &[u8]) -> Result<u64> {
+        self.queue_and_flush(flush, |w| {
             let mut sent = 0;
             if w.cork == 0 && !w.pending() {
                 let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(payload)];
                 // An error is met again (and handled) by the flush that follows.
                 sent = self.stream.write_vectored(&parts).unwrap_or(0);
+                w.written += sent as u64;
             }
             if sent < head.len() {
                 w.buf.extend_from_slice(&head[sent..]);
@@ -516,30 +532,71 @@ impl Conn {
 
     fn queue_and_flush(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        flush: Flush,
         queue: impl FnOnce(&mut WriteState),
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut w = lock(&self.write);
         if self.is_closed() {
             drop(w);
             return Err(self.closed_error());
         }
+        if matches!(flush, Flush::Background) {
+            self.check_backlog(&w)?;
+        }
         queue(&mut w);
+        let end = w.written + w.backlog() as u64;
         if w.cork > 0 {
             self.write_backlog.store(w.backlog(), Ordering::Release);
-            return Ok(());
+            return Ok(end);
         }
         match self.flush_locked(&mut w) {
-            Ok(true) => Ok(()),
+            Ok(true) => Ok(end),
             // The reactor or the event loop finishes the write when the socket has room.
-            Ok(false) if self.reactor.get().is_some() || self.is_loop_driven() => Ok(()),
+            Ok(false) if self.reactor.get().is_some() || self.is_loop_driven() => Ok(end),
             Ok(false) => {
                 drop(w);
-                self.drive_writes(deadline)
+                match flush {
+                    Flush::Wait(deadline) => self.drive_writes(deadline),
+                    Flush::Background => self.write_in_background(),
+                }
+                .map(|()| end)
             }
             Err(e) => {
                 drop(w);
                 let err = Error::ConnectionLost(format!("write failed: {e}"));
+                self.close(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Refuses a [`Flush::Background`] send while more than
+    /// `Limits::max_write_backlog` bytes already wait for the peer to read
+    /// them (one message may exceed it). A loop-driven connection is
+    /// flushed by its event loop, which bounds what it queues itself.
+    fn check_backlog(&self, w: &WriteState) -> Result<()> {
+        let limit = self.config.limits.max_write_backlog;
+        let backlog = w.backlog();
+        if backlog > limit && !self.is_loop_driven() {
+            return Err(Error::LimitExceeded(format!(
+                "{backlog} bytes already wait for the peer to read them \
+                 (max_write_backlog is {limit})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hands a write the socket could not take at once to the client
+    /// reactor: a connection read by its callers gets it now, for good.
+    fn write_in_background(self: &Arc<Self>) -> Result<()> {
+        match ReactorHandle::client_reactor() {
+            Ok(reactor) => {
+                self.attach_reactor(&reactor);
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the message may be on the wire: the stream cannot go on.
+                let err = Error::ConnectionLost(format!("no I/O thread to finish the write: {e}"));
                 self.close(err.clone());
                 Err(err)
             }
@@ -581,6 +638,10 @@ impl Conn {
     fn drive_writes(self: &Arc<Self>, deadline: Option<Instant>) -> Result<()> {
         const SLICE: Duration = Duration::from_millis(50);
         loop {
+            if self.is_closed() {
+                // Closed by another thread meanwhile: what was queued is dropped.
+                return Err(self.closed_error());
+            }
             {
                 let mut w = lock(&self.write);
                 match self.flush_locked(&mut w) {
@@ -1024,9 +1085,10 @@ impl Conn {
         } = &e
         {
             let obj = Error::error_object(ERROR_CODE_VALIDATION, e.to_string());
-            let _ = self.send(Some(Instant::now() + Duration::from_secs(1)), |out| {
-                codec::encode_response(out, *msgid, &obj, &Value::Nil)
-            });
+            let _ = self.send(
+                Flush::Wait(deadline::after(Duration::from_secs(1))),
+                |out| codec::encode_response(out, *msgid, &obj, &Value::Nil),
+            );
             if self.is_loop_driven() {
                 let _ = self.flush_now(); // an event loop must not wait here
             } else if self.reactor.get().is_none() {
@@ -1107,8 +1169,7 @@ impl Conn {
     ) {
         let refuse = |msg: String| {
             let obj = Error::error_object(crate::error::ERROR_CODE_EXCEPTION, msg);
-            let deadline = self.config.call_timeout.and_then(deadline::after);
-            let _ = self.send(deadline, |out| {
+            let _ = self.send(self.reply_flush(), |out| {
                 codec::encode_response(out, msgid, &obj, &Value::Nil)
             });
         };
@@ -1134,21 +1195,27 @@ impl Conn {
         self.config.router.dispatch_request(request);
     }
 
+    /// How a reply is written: without a reactor, the answering thread
+    /// waits up to the call timeout for the socket.
+    fn reply_flush(&self) -> Flush {
+        Flush::Wait(self.config.call_timeout.and_then(deadline::after))
+    }
+
     /// Sends the reply to one request (called once per request, by its
     /// Responder, with the request's size as received): `send` queues it,
-    /// given the reply's write deadline.
+    /// given how it is to be written.
     pub(crate) fn respond_by(
         self: &Arc<Self>,
         size: usize,
-        send: impl FnOnce(&Arc<Self>, Option<Instant>) -> Result<()>,
+        send: impl FnOnce(&Arc<Self>, Flush) -> Result<u64>,
     ) {
-        let _ = send(self, self.config.call_timeout.and_then(deadline::after));
+        let _ = send(self, self.reply_flush());
         self.finish_request(size);
     }
 
     /// [`Conn::respond_by`] with a reply encoded into the write buffer.
     pub(crate) fn respond(self: &Arc<Self>, size: usize, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.respond_by(size, |conn, deadline| conn.send(deadline, encode));
+        self.respond_by(size, |conn, flush| conn.send(flush, encode));
     }
 
     /// A request of `size` bytes is answered (or was refused: 0).
@@ -1204,13 +1271,14 @@ impl Conn {
 
     // ---- calls --------------------------------------------------------------
 
-    /// Registers a call and sends its request.
+    /// Registers a call and sends its request, written as `flush` says.
     pub(crate) fn start_call(
         self: &Arc<Self>,
         method: &str,
         params: Params<'_>,
         deadline: Option<Instant>,
         raw_result: bool,
+        flush: Flush,
     ) -> Result<(u32, Arc<CallSlot>)> {
         let slot = CallSlot::new(deadline, raw_result);
         let msgid = lock(&self.pending).insert(slot.clone())?;
@@ -1224,27 +1292,38 @@ impl Conn {
         }
         let sent = match params {
             Params::Encoded(bytes) => self.send_with_payload(
-                deadline,
+                flush,
                 |out| codec::encode_request_head(out, msgid, method),
                 bytes,
             ),
-            params => self.send(deadline, |out| {
+            params => self.send(flush, |out| {
                 codec::encode_request_params(out, msgid, method, params)
             }),
         };
-        if let Err(e) = sent {
-            lock(&self.pending).take(msgid);
-            self.close_if_calls_done();
-            return Err(e);
+        match sent {
+            Ok(end) => {
+                slot.set_request_end(end);
+                Ok((msgid, slot))
+            }
+            Err(e) => {
+                lock(&self.pending).take(msgid);
+                self.close_if_calls_done();
+                Err(e)
+            }
         }
-        Ok((msgid, slot))
     }
 
-    pub(crate) fn notify(self: &Arc<Self>, method: &str, params: Params<'_>) -> Result<()> {
-        let deadline = self.config.call_timeout.and_then(deadline::after);
-        self.send(deadline, |out| {
+    /// Sends a notification, written as `flush` says.
+    pub(crate) fn notify(
+        self: &Arc<Self>,
+        method: &str,
+        params: Params<'_>,
+        flush: Flush,
+    ) -> Result<()> {
+        self.send(flush, |out| {
             codec::encode_notification_params(out, method, params)
         })
+        .map(|_| ())
     }
 
     /// Checks caller-encoded bytes against this connection's limits.
@@ -1275,14 +1354,41 @@ impl Conn {
         drop(pending);
         self.reactor_wakes_at
             .store(as_nanos(next), Ordering::Release);
-        let any_expired = !expired.is_empty();
+        let request_end = expired.iter().map(|s| s.request_end()).max();
         for slot in expired {
             slot.complete(Err(Error::Timeout));
         }
-        if any_expired {
+        if let Some(end) = request_end {
+            self.close_if_unwritten(end);
             self.close_if_calls_done();
         }
         next
+    }
+
+    /// Gives up on the call `msgid` at its deadline: its outcome if it came
+    /// meanwhile, else [`Error::Timeout`] (see [`Conn::close_if_unwritten`]).
+    pub(crate) fn time_out(&self, msgid: u32, slot: &CallSlot) -> Result<Value> {
+        self.cancel(msgid);
+        // The reply may have landed between the last look and the cancel.
+        if let Some(r) = slot.try_take() {
+            return r;
+        }
+        self.close_if_unwritten(slot.request_end());
+        Err(Error::Timeout)
+    }
+
+    /// A call timed out before the socket took all of its request (which
+    /// ends at `request_end` in the outgoing stream): part of it may be on
+    /// the wire, so the stream cannot go on without the rest, and waiting
+    /// longer for a peer that does not read would hold the bytes for ever.
+    /// The connection closes, as a blocking call's write that times out
+    /// closes it; the other calls fail with [`Error::ConnectionLost`].
+    fn close_if_unwritten(&self, request_end: u64) {
+        if request_end > lock(&self.write).written {
+            self.close(Error::ConnectionLost(
+                "timed out writing to the peer".into(),
+            ));
+        }
     }
 
     /// Makes sure the reactor looks at this connection's deadlines by `at`.
@@ -1370,11 +1476,7 @@ impl Conn {
     ) -> Result<Value> {
         match self.wait_reply_until(slot, deadline) {
             Some(r) => r,
-            None => {
-                self.cancel(msgid);
-                // The reply may have landed between the last look and the cancel.
-                slot.try_take().unwrap_or(Err(Error::Timeout))
-            }
+            None => self.time_out(msgid, slot),
         }
     }
 
@@ -1443,6 +1545,15 @@ impl Conn {
         }
         if !first {
             return;
+        }
+        {
+            // Nothing more is written: the queue's memory goes now, not
+            // when the last handle to the connection does.
+            let mut w = lock(&self.write);
+            w.buf = Vec::new();
+            w.pos = 0;
+            w.spliced.clear();
+            self.write_backlog.store(0, Ordering::Release);
         }
         if self.fork_generation != fork::generation() {
             // In a child after fork() the socket and the reactor are the
@@ -1568,6 +1679,7 @@ mod tests {
         let mut w = WriteState {
             buf: Vec::new(),
             pos: 0,
+            written: 0,
             spliced: VecDeque::new(),
             cork: 0,
         };

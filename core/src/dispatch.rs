@@ -247,9 +247,9 @@ impl Responder {
             {
                 if let Some(conn) = self.conn.take() {
                     let (msgid, len) = (self.msgid, bytes.len());
-                    conn.respond_by(self.size, |conn, deadline| {
+                    conn.respond_by(self.size, |conn, flush| {
                         conn.send_spliced(
-                            deadline,
+                            flush,
                             |out| codec::encode_response_bin_head(out, msgid, len),
                             bytes,
                         )
@@ -298,9 +298,9 @@ impl Responder {
         let msgid = self.msgid;
         match checked {
             Ok(()) => {
-                conn.respond_by(self.size, |conn, deadline| {
+                conn.respond_by(self.size, |conn, flush| {
                     conn.send_with_payload(
-                        deadline,
+                        flush,
                         |out| codec::encode_response_encoded(out, msgid, error, &[]),
                         result,
                     )

@@ -36,6 +36,15 @@ pub struct Limits {
     /// not read them. Above it the server reads no more of that peer's
     /// requests (its sends then block, as TCP flow control makes them) until
     /// the peer has read the queue down to half. One reply may exceed it.
+    ///
+    /// On any connection (a client's too), sends that do not wait for the
+    /// socket ([`Peer::call_async`], [`Peer::notify`] and their variants)
+    /// fail with [`Error::LimitExceeded`] while more than this is already
+    /// queued unwritten; one message may exceed it.
+    ///
+    /// [`Peer::call_async`]: crate::Peer::call_async
+    /// [`Peer::notify`]: crate::Peer::notify
+    /// [`Error::LimitExceeded`]: crate::Error::LimitExceeded
     pub max_write_backlog: usize,
     /// Bytes of requests a server holds for one peer while its handlers
     /// work on them (until answered, so a handler that keeps its responder

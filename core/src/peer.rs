@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::Params;
-use crate::conn::Conn;
+use crate::conn::{Conn, Flush};
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -131,19 +131,32 @@ impl Peer {
     ) -> Result<Value> {
         self.conn.check_usable(true)?;
         let deadline = timeout.and_then(deadline::after);
-        let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
+        let flush = Flush::Wait(deadline);
+        let (msgid, slot) = self
+            .conn
+            .start_call(method, params, deadline, raw_result, flush)?;
         self.conn.wait_reply(msgid, &slot, deadline)
     }
 
-    /// Sends a request and returns at once; the reply is collected through the
-    /// returned handle (wait, poll, callback or `.await`). `timeout` bounds it.
+    /// Sends a request and returns at once, without waiting for the socket;
+    /// the reply is collected through the returned handle (wait, poll,
+    /// callback or `.await`). `timeout` bounds it.
+    ///
+    /// What the socket does not take at once is written by the client's
+    /// I/O thread (a connection without one gets it now, and keeps it) or
+    /// by the program's event loop. Fails with [`Error::LimitExceeded`],
+    /// sending nothing, while more than [`Limits::max_write_backlog`] bytes
+    /// already wait for the peer to read them (one request may exceed it).
+    /// A call that times out before all of its request is written closes
+    /// the connection (part of it may be on the wire): it ends with
+    /// [`Error::Timeout`], the other calls with [`Error::ConnectionLost`].
     pub fn call_async(
         &self,
         method: &str,
         params: &[Value],
         timeout: Option<Duration>,
     ) -> Result<PendingCall> {
-        self.call_async_params(method, Params::Values(params), timeout, false)
+        self.call_async_params(method, Params::Values(params), timeout, false, false)
     }
 
     /// [`Peer::call_async`] with params already encoded, whose handle yields
@@ -156,7 +169,27 @@ impl Peer {
         timeout: Option<Duration>,
     ) -> Result<PendingCall> {
         self.conn.check_encoded(params, true)?;
-        self.call_async_params(method, Params::Encoded(params), timeout, true)
+        self.call_async_params(method, Params::Encoded(params), timeout, true, false)
+    }
+
+    /// [`Peer::call_async_encoded`], its request written as a blocking call
+    /// writes it: when the socket does not take it all at once, this thread
+    /// waits for the peer to read, until the call's deadline (then the
+    /// connection closes and the call fails with [`Error::Timeout`]), or
+    /// until a check given to [`with_write_interrupt`] stops it; no I/O
+    /// thread is involved. For front ends that wait for the reply in slices
+    /// themselves ([`PendingCall::wait_for`]) and want the blocking call's
+    /// path.
+    ///
+    /// [`with_write_interrupt`]: crate::with_write_interrupt
+    pub fn call_async_encoded_blocking_write(
+        &self,
+        method: &str,
+        params: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall> {
+        self.conn.check_encoded(params, true)?;
+        self.call_async_params(method, Params::Encoded(params), timeout, true, true)
     }
 
     fn call_async_params(
@@ -165,10 +198,18 @@ impl Peer {
         params: Params<'_>,
         timeout: Option<Duration>,
         raw_result: bool,
+        blocking_write: bool,
     ) -> Result<PendingCall> {
         self.conn.check_usable(false)?;
         let deadline = timeout.and_then(deadline::after);
-        let (msgid, slot) = self.conn.start_call(method, params, deadline, raw_result)?;
+        let flush = if blocking_write {
+            Flush::Wait(deadline)
+        } else {
+            Flush::Background
+        };
+        let (msgid, slot) = self
+            .conn
+            .start_call(method, params, deadline, raw_result, flush)?;
         Ok(PendingCall {
             conn: self.conn.clone(),
             slot,
@@ -178,17 +219,34 @@ impl Peer {
         })
     }
 
-    /// Sends a notification (no reply).
+    /// Sends a notification (no reply) and returns at once, without
+    /// waiting for the socket: what it does not take is written as for
+    /// [`Peer::call_async`] (and refused with [`Error::LimitExceeded`] the
+    /// same way). Bytes the peer never reads stay queued until the
+    /// connection closes (they may be lost then, as on any failure).
     pub fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
         self.conn.check_usable(false)?;
-        self.conn.notify(method, Params::Values(params))
+        self.conn
+            .notify(method, Params::Values(params), Flush::Background)
     }
 
     /// [`Peer::notify`] with params already encoded (see [`Peer::call_encoded`]).
     pub fn notify_encoded(&self, method: &str, params: &[u8]) -> Result<()> {
         self.conn.check_usable(false)?;
         self.conn.check_encoded(params, true)?;
-        self.conn.notify(method, Params::Encoded(params))
+        self.conn
+            .notify(method, Params::Encoded(params), Flush::Background)
+    }
+
+    /// [`Peer::notify_encoded`], written as a blocking call writes (see
+    /// [`Peer::call_async_encoded_blocking_write`]), waiting at most the
+    /// default call timeout ([`Peer::default_timeout`]) for the peer to read.
+    pub fn notify_encoded_blocking_write(&self, method: &str, params: &[u8]) -> Result<()> {
+        self.conn.check_usable(false)?;
+        self.conn.check_encoded(params, true)?;
+        let deadline = self.default_timeout().and_then(deadline::after);
+        self.conn
+            .notify(method, Params::Encoded(params), Flush::Wait(deadline))
     }
 
     /// Holds this connection's writes back until the matching
@@ -336,8 +394,7 @@ impl PendingCall {
         let outcome = match self.conn.wait_reply_until(&self.slot, limit) {
             Some(r) => Some(r),
             None if self.deadline.is_some_and(|d| Instant::now() >= d) => {
-                self.conn.cancel(self.msgid);
-                Some(self.slot.try_take().unwrap_or(Err(Error::Timeout)))
+                Some(self.conn.time_out(self.msgid, &self.slot))
             }
             None => None,
         };

@@ -209,3 +209,108 @@ fn connecting_to_nobody_fails() {
         Err(Error::InvalidAddress(_))
     ));
 }
+
+// ---- a peer that does not read -------------------------------------------------
+
+/// Params far larger than the socket buffers hold: one bin.
+const BIG: usize = 24 << 20;
+
+/// A client connected to a listener on 127.0.0.1 that accepts and does not
+/// read (until the test reads from the returned stream).
+fn client_of_a_deaf_peer(builder: ClientBuilder) -> (Client, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    let client = builder.connect(&address).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    (client, peer)
+}
+
+fn big_params() -> Vec<Value> {
+    vec![Value::Binary(vec![7; BIG])]
+}
+
+/// Runs `f` on another thread: its outcome, or a panic naming `what` when
+/// it is still blocked after PROMPT (instead of hanging the test).
+fn returns_promptly<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(PROMPT)
+        .unwrap_or_else(|_| panic!("{what} blocked on a peer that does not read"))
+}
+
+/// `call_async` queues what the socket does not take and returns; the I/O
+/// thread writes on. When the call times out before its request is all
+/// written, the call ends with Timeout and the connection closes (the rest
+/// of the request can neither be dropped nor wait for ever).
+#[test]
+fn call_async_to_a_peer_that_does_not_read_returns_then_times_out() {
+    let (client, _peer) = client_of_a_deaf_peer(Client::builder());
+    let c = client.clone();
+    let pending = returns_promptly("call_async", move || {
+        c.call_async("m", &big_params(), Some(Duration::from_millis(300)))
+    })
+    .expect("call_async failed instead of queueing");
+    let (tx, rx) = mpsc::channel();
+    pending.on_complete(move |r| tx.send(r).unwrap());
+    let outcome = rx.recv_timeout(TIMEOUT).expect("the callback never ran");
+    assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+    assert!(eventually(PROMPT, || client.is_closed()));
+    assert!(matches!(
+        client.call_async("m", &[], CALL),
+        Err(Error::ConnectionLost(_))
+    ));
+}
+
+/// `notify` queues and returns; the I/O thread writes the message as the
+/// peer reads it. Meanwhile, more than `max_write_backlog` unwritten
+/// refuses further non-blocking sends (the connection stays open), and
+/// dropping the client does not wait for the peer.
+#[test]
+fn notify_to_a_peer_that_does_not_read_is_written_as_it_reads() {
+    let (client, mut peer) = client_of_a_deaf_peer(Client::builder());
+    let c = client.clone();
+    returns_promptly("notify", move || c.notify("m", &big_params()))
+        .expect("notify failed instead of queueing");
+    for refused in [
+        client.notify("m", &[]),
+        client.call_async("m", &[], CALL).map(|_| ()),
+    ] {
+        match refused {
+            Err(Error::LimitExceeded(why)) => assert!(why.contains("max_write_backlog"), "{why}"),
+            other => panic!("expected LimitExceeded over the backlog, got {other:?}"),
+        }
+    }
+    assert!(!client.is_closed());
+
+    // [2, "m", [bin32]]: 4 bytes, then the params' 6 bytes of headers.
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut got = vec![0; 4 + 6 + BIG];
+    std::io::Read::read_exact(&mut peer, &mut got).expect("the message was not all written");
+    assert_eq!(&got[..6], &[0x93, 0x02, 0xa1, b'm', 0x91, 0xc6]);
+    assert!(got[10..].iter().all(|&b| b == 7));
+    client
+        .notify("n", &[])
+        .expect("refused after the peer read");
+    let mut small = [0; 4];
+    std::io::Read::read_exact(&mut peer, &mut small).unwrap();
+    assert_eq!(small, [0x93, 0x02, 0xa1, b'n']);
+
+    client.notify("m", &big_params()).unwrap();
+    returns_promptly("dropping the client", move || drop(client));
+}
+
+/// The blocking write (Python's blocking calls and notifications) still
+/// waits for the socket, up to the default timeout, then closes.
+#[test]
+fn a_blocking_write_to_a_peer_that_does_not_read_times_out_and_closes() {
+    let builder = Client::builder().call_timeout(Some(Duration::from_millis(300)));
+    let (client, _peer) = client_of_a_deaf_peer(builder);
+    let mut params = vec![0x91, 0xc6];
+    params.extend_from_slice(&(BIG as u32).to_be_bytes());
+    params.resize(6 + BIG, 0);
+    let r = client.notify_encoded_blocking_write("m", &params);
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(client.is_closed());
+}

@@ -148,8 +148,9 @@ pub extern "C" fn foorpc_client_options_register_notification_fallback(
 /// what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
 /// least 1 (UINT64_MAX: no limit; see each constant for its meaning and
 /// default;
-/// FOORPC_LIMIT_MAX_CONNECTIONS, FOORPC_LIMIT_MAX_WRITE_BACKLOG and
-/// FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for servers and do nothing here).
+/// FOORPC_LIMIT_MAX_CONNECTIONS and FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for
+/// servers and do nothing here; FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what
+/// foorpc_client_call_async and foorpc_client_notify leave queued).
 /// Like the handlers, the limits are copied when a client connects. Errors:
 /// FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
 #[no_mangle]
@@ -182,10 +183,12 @@ pub extern "C" fn foorpc_client_options_free(options: *mut foorpc_client_options
 /// milliseconds for the connection (0: the default, 10 s). Calls made later
 /// without their own timeout wait at most 30 s. The client serves no
 /// requests: the server's requests get an error reply, its notifications are
-/// ignored (see foorpc_client_connect_with). Such a client has no I/O thread
-/// and reads only while one of its own calls waits, so a server request sent
-/// while none does is answered at the client's next call (or waits out the
-/// server's timeout).
+/// ignored (see foorpc_client_connect_with). Such a client reads only while
+/// one of its own calls waits, so a server request sent while none does is
+/// answered at the client's next call (or waits out the server's timeout),
+/// until it needs foorpc's client I/O thread: from its first
+/// foorpc_client_call_async, or the first notification the socket does not
+/// take at once, on, that thread reads and writes for it.
 ///
 /// On success `*client_out` receives a new client; the caller owns it and
 /// must call foorpc_client_free. Errors: FOORPC_RESULT_INVALID_ADDRESS,
@@ -253,7 +256,9 @@ pub extern "C" fn foorpc_client_connect_with(
 /// by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
 /// arrays/maps nested 128 deep counting the request and params arrays;
 /// nothing is sent and the connection stays open),
-/// FOORPC_RESULT_TIMEOUT, FOORPC_RESULT_CONNECTION_LOST,
+/// FOORPC_RESULT_TIMEOUT (if by then the server had not read all of the
+/// request, the connection is closed too: part of it may be on the wire),
+/// FOORPC_RESULT_CONNECTION_LOST,
 /// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
 /// or a callback on foorpc's I/O thread, or from a callback that runs on a
 /// thread blocked in a call on the same connection: see
@@ -274,20 +279,35 @@ pub extern "C" fn foorpc_client_call(
     }
 }
 
-/// Calls `method` without blocking: sends the request and returns at once;
-/// `callback(userdata, ...)` receives the outcome later (see
-/// foorpc_call_callback for its thread and arguments). `method`, `params`
-/// and `params_len` are as for foorpc_client_call and are not retained;
-/// `timeout_ms` bounds the wait for the reply (0: the default, 30 s).
+/// Calls `method` without blocking: queues the request and returns at
+/// once, without waiting for the server to read it; `callback(userdata,
+/// ...)` receives the outcome later (see foorpc_call_callback for its thread
+/// and arguments). What the socket does not take at once is written by
+/// foorpc's client I/O thread (shared by the clients of the process). `method`,
+/// `params` and `params_len` are as for foorpc_client_call and are not
+/// retained (what is still to be written is copied); `timeout_ms` bounds the
+/// wait for the reply, writing the request included (0: the default, 30 s).
 ///
-/// When it returns FOORPC_RESULT_OK the callback runs exactly once (also
-/// when the call times out, the connection fails, or the client is closed or
-/// freed first), with one exception: a reply the I/O thread has read but
-/// not yet handed to the callback when foorpc_client_free starts is dropped
-/// and its callback never runs (see foorpc_client_free). When it returns an
-/// error the callback never runs. `userdata` must stay valid until the
+/// When it returns FOORPC_RESULT_OK the callback runs exactly once: with
+/// the reply; with FOORPC_RESULT_TIMEOUT when none came in time (if by then
+/// the server had not read all of the request, the connection is closed
+/// too, since part of it may be on the wire: the other calls pending on it
+/// end with FOORPC_RESULT_CONNECTION_LOST); with
+/// FOORPC_RESULT_CONNECTION_LOST when the connection fails; with
+/// FOORPC_RESULT_CLOSED when the client is closed or freed first. One
+/// exception: a reply the I/O thread has read but not yet handed to the
+/// callback when foorpc_client_free starts is dropped and its callback never
+/// runs (see foorpc_client_free). `userdata` must stay valid until the
 /// callback has run, or until foorpc_client_free has returned.
-/// Thread-safe; callable from any thread, including from a callback.
+///
+/// On an error the callback never runs and nothing is sent:
+/// FOORPC_RESULT_INVALID_MSGPACK (as for foorpc_client_call),
+/// FOORPC_RESULT_LIMIT_EXCEEDED (more than the client's
+/// FOORPC_LIMIT_MAX_WRITE_BACKLOG, by default 8 MiB, already waits unwritten
+/// for the server to read it; one request may exceed it; the connection
+/// stays open), FOORPC_RESULT_CLOSED or FOORPC_RESULT_CONNECTION_LOST (the
+/// connection is closed). Thread-safe; callable from any thread, including
+/// from a callback.
 #[no_mangle]
 pub extern "C" fn foorpc_client_call_async(
     client: *const foorpc_client,
@@ -313,9 +333,17 @@ pub extern "C" fn foorpc_client_call_async(
     }
 }
 
-/// Sends a notification: `method` with `params` (as for foorpc_client_call),
-/// no reply. Returns once the message is queued for sending (it may still be
-/// lost if the connection fails). Not retained. Thread-safe.
+/// Sends a notification: `method` with `params` (as for foorpc_client_call,
+/// not retained), no reply. Queues it and returns at once, without waiting
+/// for the server to read it: what the socket does not take at once is
+/// written by foorpc's client I/O thread, as for foorpc_client_call_async.
+/// It may still be lost if the connection fails; bytes the server never
+/// reads stay queued until the connection closes (foorpc_client_close and
+/// foorpc_client_free do not wait for them, and drop them).
+/// Errors (nothing is sent): FOORPC_RESULT_INVALID_MSGPACK,
+/// FOORPC_RESULT_LIMIT_EXCEEDED (as for foorpc_client_call_async),
+/// FOORPC_RESULT_CLOSED, FOORPC_RESULT_CONNECTION_LOST. Thread-safe;
+/// callable from any thread, including from a callback.
 #[no_mangle]
 pub extern "C" fn foorpc_client_notify(
     client: *const foorpc_client,

@@ -25,8 +25,13 @@ use crate::server::foorpc_responder;
 pub const FOORPC_HANDLER_POOL: u32 = 0;
 /// Flag for foorpc_server_register* and foorpc_client_options_register*: run
 /// the handler on the I/O thread that read the message: no thread hand-off,
-/// but it must be quick and never block (no blocking foorpc calls, which fail
-/// there with FOORPC_RESULT_USAGE; no sleeping). Use it for short handlers and
+/// but it must be quick and never block: a blocking foorpc call
+/// (foorpc_peer_call, foorpc_client_call) on a connection this I/O thread
+/// serves fails with FOORPC_RESULT_USAGE; any other blocking call (on
+/// another client, say), and any sleep, stalls every connection of this I/O
+/// thread (every connection of the server, or every client of the process
+/// that uses foorpc's client I/O thread) until it returns; the
+/// asynchronous calls and notifications never block. Use it for short handlers and
 /// for handlers that hand their responder to another thread to answer later.
 /// Inline notification handlers see notifications of one connection in
 /// arrival order.

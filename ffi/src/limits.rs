@@ -22,7 +22,11 @@ pub const FOORPC_LIMIT_MAX_IN_FLIGHT: u32 = 4;
 /// (default 4096).
 pub const FOORPC_LIMIT_MAX_CONNECTIONS: u32 = 5;
 /// Bytes of replies a server queues for a peer that does not read them
-/// before it reads no more of that peer's requests (default 8 MiB).
+/// before it reads no more of that peer's requests (default 8 MiB). On a
+/// server's or a client's connection alike, foorpc_*_call_async and
+/// foorpc_*_notify fail with FOORPC_RESULT_LIMIT_EXCEEDED, sending nothing,
+/// while more than this already waits unwritten for the peer to read it
+/// (one message may exceed it).
 pub const FOORPC_LIMIT_MAX_WRITE_BACKLOG: u32 = 6;
 /// Bytes of a peer's requests (and pool notifications) a server holds while
 /// handlers work on them before it reads no more from that peer

@@ -251,9 +251,10 @@ pub extern "C" fn foorpc_peer_call(
 /// foorpc_client_call_async: when it returns FOORPC_RESULT_OK,
 /// `callback(userdata, ...)` runs exactly once with the outcome (see
 /// foorpc_call_callback), also when the connection closes first; on an
-/// error it never runs. `userdata` must stay valid until the callback has
-/// run. Thread-safe; callable from any thread, inline handlers and
-/// callbacks included.
+/// error it never runs (errors as for foorpc_client_call_async, the limit
+/// being the server's or client's FOORPC_LIMIT_MAX_WRITE_BACKLOG). `userdata`
+/// must stay valid until the callback has run. Thread-safe; callable from
+/// any thread, inline handlers and callbacks included.
 #[no_mangle]
 pub extern "C" fn foorpc_peer_call_async(
     peer: *const foorpc_peer,
@@ -271,8 +272,10 @@ pub extern "C" fn foorpc_peer_call_async(
 }
 
 /// Sends a notification to the other side: `method` with `params` (as for
-/// foorpc_client_notify), no reply. Returns once it is queued for sending.
-/// Thread-safe; callable from any thread, inline handlers included.
+/// foorpc_client_notify), no reply. Returns once it is queued for sending,
+/// without waiting for the peer to read it (errors as for
+/// foorpc_client_notify). Thread-safe; callable from any thread, inline
+/// handlers included.
 #[no_mangle]
 pub extern "C" fn foorpc_peer_notify(
     peer: *const foorpc_peer,

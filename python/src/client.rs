@@ -93,7 +93,7 @@ pub fn blocking_call(
         convert::encode_params(params, buf)?;
         let buf = &*buf;
         send_interruptibly(py, || {
-            let mut pending = peer.call_async_encoded(method, buf, timeout)?;
+            let mut pending = peer.call_async_encoded_blocking_write(method, buf, timeout)?;
             let outcome = pending.wait_for(WAIT_SLICE);
             Ok((pending, outcome))
         })
@@ -120,7 +120,7 @@ pub fn notify(
     convert::with_buffer(|buf| {
         convert::encode_params(params, buf)?;
         let buf = &*buf;
-        send_interruptibly(py, || peer.notify_encoded(method, buf))
+        send_interruptibly(py, || peer.notify_encoded_blocking_write(method, buf))
     })
 }
 

@@ -3,8 +3,8 @@
  * closing clients and servers while calls are in flight, handlers that hold or drop
  * their responders, blocking calls from callbacks, one client shared by 8 threads,
  * params validation, NULL arguments and reader/writer misuse. Server and clients run
- * in one process over 127.0.0.1; every wait is bounded and a watchdog aborts after
- * 60 s. Prints "PASS name" / "FAIL name: why", then "N passed, N failed".
+ * in one process over 127.0.0.1; asynchronous calls and notifications to a peer that
+ * does not read. Every wait is bounded and a watchdog aborts after 60 s. Prints "PASS name" / "FAIL name: why", then "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
 #include <foorpc.h>
@@ -18,8 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 static int passed = 0, failed = 0;
@@ -702,6 +706,165 @@ static void test_client_free_in_forked_child(void) {
     foorpc_server_free(s);
 }
 
+/* ---- writes to a peer that does not read ------------------------------------------- */
+
+/* A step that must not block gets SIGALRM after 15 s: it then fails at once
+ * instead of waiting out a timeout (or for ever). */
+static const char *volatile guarded_step = "";
+static void on_guard_alarm(int sig) {
+    (void)sig;
+    static const char tail[] = ": blocked for 15 s (a peer that does not read)\n";
+    const char *name = guarded_step;
+    ssize_t w = write(STDOUT_FILENO, "FAIL ", 5);
+    w += write(STDOUT_FILENO, name, strlen(name));
+    w += write(STDOUT_FILENO, tail, sizeof tail - 1);
+    _exit(w > 0 ? 1 : 2);
+}
+static void guard(const char *step) {
+    guarded_step = step;
+    signal(SIGALRM, on_guard_alarm);
+    alarm(15);
+}
+static void unguard(void) {
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+}
+
+/* A TCP listener on 127.0.0.1 that nobody reads from; -1 on failure. */
+static int deaf_listener(char *addr, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    snprintf(addr, cap, "tcp://127.0.0.1:%u", ntohs(sa.sin_port));
+    return fd;
+}
+
+/* Params [bin of n bytes]: far more than the socket buffers hold. */
+#define BIG_PARAMS (24u << 20)
+static uint8_t *big_params(size_t *len) {
+    *len = BIG_PARAMS + 6;
+    uint8_t *p = calloc(1, *len);
+    if (!p) return NULL;
+    p[0] = 0x91;
+    p[1] = 0xc6;
+    for (int i = 0; i < 4; i++) p[2 + i] = (uint8_t)(BIG_PARAMS >> (24 - 8 * i));
+    return p;
+}
+
+/* A client connected to a listener that accepted it and does not read, and
+ * params too big for the socket buffers. */
+struct deaf {
+    int lfd, peer;
+    foorpc_client *c;
+    uint8_t *params;
+    size_t len;
+};
+static void deaf_end(struct deaf *d) { /* the client is freed by the test */
+    free(d->params);
+    if (d->peer >= 0) close(d->peer);
+    if (d->lfd >= 0) close(d->lfd);
+}
+static int deaf_start(struct deaf *d) { /* 0 (and nothing left open) on failure */
+    char addr[64];
+    d->params = big_params(&d->len);
+    d->lfd = deaf_listener(addr, sizeof addr);
+    d->c = d->lfd >= 0 && d->params ? connect_to(addr) : NULL;
+    d->peer = d->c ? accept(d->lfd, NULL, NULL) : -1;
+    if (d->peer >= 0) return 1;
+    foorpc_client_free(d->c);
+    deaf_end(d);
+    return 0;
+}
+
+/* Reads from fd until `want` bytes came, for at most timeout_ms; returns the count. */
+static size_t read_at_most(int fd, size_t want, long timeout_ms) {
+    static uint8_t sink[1 << 16];
+    size_t got = 0;
+    double until = now_s() + timeout_ms / 1000.0;
+    while (got < want && now_s() < until) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0) continue;
+        size_t room = want - got < sizeof sink ? want - got : sizeof sink;
+        ssize_t n = read(fd, sink, room);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+/* foorpc_client_call_async of a request the socket cannot take returns at
+ * once; the I/O thread writes on, and the callback reports the timeout.
+ * The request was not all written by then: the connection is closed. */
+static void test_call_async_to_a_peer_that_does_not_read(void) {
+    struct deaf d;
+    if (!deaf_start(&d)) return fail("call_async_to_a_peer_that_does_not_read", "setup");
+    foorpc_client *c = d.c;
+    struct tally t;
+    tally_init(&t);
+    guard("call_async_to_a_peer_that_does_not_read");
+    foorpc_result rc = foorpc_client_call_async(c, "m", d.params, d.len, 300, on_async, &slots[0]);
+    unguard();
+    memset(d.params, 1, d.len); /* not retained: the call copied what it still had to write */
+    int wrong = rc == FOORPC_RESULT_OK ? tally_wait(&t, 1, 10000) : -1;
+    int closed = 0;
+    for (int w = 0; w < 2000 && !closed; w += 5, sleep_ms(5)) closed = !foorpc_client_is_connected(c);
+    check("call_async_to_a_peer_that_does_not_read",
+          rc == FOORPC_RESULT_OK && wrong == 0 && atomic_load(&t.timeout) == 1 && closed,
+          "call_async rc=%u (%s); callbacks not run once: %d; timeouts %d, lost %d, other %d; closed: %d", rc,
+          rc ? last_error() : "", wrong, atomic_load(&t.timeout), atomic_load(&t.lost), atomic_load(&t.other),
+          closed);
+    guard("free_after_call_async_to_a_peer_that_does_not_read");
+    foorpc_client_free(c);
+    unguard();
+    deaf_end(&d);
+}
+
+/* foorpc_client_notify of a message the socket cannot take returns at once,
+ * and the I/O thread writes it as the peer reads. While more than
+ * FOORPC_LIMIT_MAX_WRITE_BACKLOG waits unwritten, notify and call_async are
+ * refused with FOORPC_RESULT_LIMIT_EXCEEDED; foorpc_client_free does not
+ * wait for a peer that does not read. */
+static void test_notify_to_a_peer_that_does_not_read(void) {
+    const char *name = "notify_to_a_peer_that_does_not_read";
+    struct deaf d;
+    if (!deaf_start(&d)) return fail(name, "setup");
+    foorpc_client *c = d.c;
+    int peer = d.peer;
+    size_t len = d.len;
+    guard(name);
+    foorpc_result rc = foorpc_client_notify(c, "m", d.params, len);
+    unguard();
+    foorpc_result refused = foorpc_client_notify(c, "m", NULL, 0);
+    int names_limit = strstr(last_error(), "max_write_backlog") != NULL;
+    struct tally t;
+    tally_init(&t);
+    foorpc_result refused_call = foorpc_client_call_async(c, "m", NULL, 0, 300, on_async, &slots[0]);
+    /* [2, "m", params]: 4 bytes before the params. */
+    size_t got = read_at_most(peer, len + 4, 20000);
+    foorpc_result after = foorpc_client_notify(c, "n", NULL, 0);
+    size_t got_after = read_at_most(peer, 5, 5000); /* [2, "n", []] */
+    check(name,
+          rc == FOORPC_RESULT_OK && refused == FOORPC_RESULT_LIMIT_EXCEEDED && names_limit &&
+              refused_call == FOORPC_RESULT_LIMIT_EXCEEDED && got == len + 4 && after == FOORPC_RESULT_OK &&
+              got_after == 5 && atomic_load(&t.total) == 0,
+          "notify rc=%u; with the backlog: notify rc=%u (message names the limit: %d), call_async rc=%u; "
+          "the peer read %zu of %zu bytes, then notify rc=%u and %zu of 5 bytes; callbacks %d",
+          rc, refused, names_limit, refused_call, got, len + 4, after, got_after, atomic_load(&t.total));
+
+    /* Another one the peer never reads: freeing the client does not wait for it. */
+    guard("free_with_a_notification_the_peer_does_not_read");
+    rc = foorpc_client_notify(c, "m", d.params, len);
+    foorpc_client_free(c);
+    unguard();
+    check("free_with_a_notification_the_peer_does_not_read", rc == FOORPC_RESULT_OK, "notify rc=%u", rc);
+    deaf_end(&d);
+}
+
 /* foorpc_server_free waits for pool notification handlers still running
  * (the stop does not), and none starts after it returns. */
 static atomic_int note_started, note_running, note_finished;
@@ -1205,6 +1368,8 @@ int main(void) {
     test_client_free_in_forked_child();
     test_server_free_waits_for_notification_handlers();
     test_client_free_waits_for_running_callback(addr);
+    test_call_async_to_a_peer_that_does_not_read();
+    test_notify_to_a_peer_that_does_not_read();
 
     foorpc_server_free(s);
     end_answer_after_server_free(&bg);
