@@ -71,7 +71,7 @@ pub use fork::generation as fork_generation;
 pub use interrupt::with_write_interrupt;
 pub use limits::Limits;
 pub use message::Message;
-pub use peer::{encoded_result, from_value, to_params, Peer, PendingCall};
+pub use peer::{encoded_result, from_value, to_params, CallCanceller, Peer, PendingCall};
 pub use rmpv::Value;
 pub use server::{Server, ServerBuilder, DEFAULT_DRAIN_TIMEOUT};
 pub use transport::Address;

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -352,10 +352,37 @@ pub struct PendingCall {
     finished: bool,
 }
 
+/// Forgets one call, from any thread, without keeping its connection open:
+/// for whatever outlives the code that made the call (a future that a
+/// cancelled task drops, say). A connection that is gone has nothing left
+/// to forget.
+#[derive(Clone)]
+pub struct CallCanceller {
+    conn: Weak<Conn>,
+    msgid: u32,
+}
+
+impl CallCanceller {
+    /// As [`Peer::cancel`] of the call's msgid.
+    pub fn cancel(&self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.cancel(self.msgid);
+        }
+    }
+}
+
 impl PendingCall {
     /// The request's msgid.
     pub fn msgid(&self) -> u32 {
         self.msgid
+    }
+
+    /// A handle that forgets this call later (see [`CallCanceller`]).
+    pub fn canceller(&self) -> CallCanceller {
+        CallCanceller {
+            conn: Arc::downgrade(&self.conn),
+            msgid: self.msgid,
+        }
     }
 
     /// When the call times out (None: never).

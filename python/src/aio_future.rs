@@ -92,12 +92,15 @@ pub struct CallFuture {
     event_loop: Py<PyAny>,
     pub(crate) blocking: AtomicBool,
     state: Mutex<FutureState>,
-    /// The call to forget when the future is cancelled.
-    call: Option<(foorpc::Peer, u32)>,
+    /// The call to forget when the future is cancelled. It does not keep
+    /// the connection open: the connection holds this future until the
+    /// call ends, and a strong link back would be a cycle that Python's
+    /// collector cannot see.
+    call: Option<foorpc::CallCanceller>,
 }
 
 impl CallFuture {
-    pub fn new(event_loop: Py<PyAny>, call: Option<(foorpc::Peer, u32)>) -> CallFuture {
+    pub fn new(event_loop: Py<PyAny>, call: Option<foorpc::CallCanceller>) -> CallFuture {
         CallFuture {
             event_loop,
             blocking: AtomicBool::new(false),
@@ -251,8 +254,8 @@ impl CallFuture {
             st.outcome = Outcome::Cancelled(msg);
             std::mem::take(&mut st.callbacks)
         };
-        if let Some((peer, msgid)) = &fut.call {
-            peer.cancel(*msgid);
+        if let Some(call) = &fut.call {
+            call.cancel();
         }
         fut.schedule(this, callbacks)?;
         Ok(true)
@@ -691,10 +694,7 @@ pub fn start_call(
     })?;
     let fut = Py::new(
         py,
-        CallFuture::new(
-            event_loop.clone_ref(py),
-            Some((peer.clone(), pending.msgid())),
-        ),
+        CallFuture::new(event_loop.clone_ref(py), Some(pending.canceller())),
     )?;
     let deadline = pending.deadline();
     let (target, completions) = (fut.clone_ref(py), completions.clone_ref(py));

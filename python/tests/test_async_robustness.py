@@ -1114,19 +1114,49 @@ def test_close_from_a_done_callback(rust_calc: str, mode: str) -> None:
 # --- garbage ----------------------------------------------------------------------------------
 
 
-def test_a_dropped_client_fails_its_calls(raw: RawServer, mode: str) -> None:
-    """A client that is garbage closes its connection: its calls fail with
-    ConnectionLostError instead of waiting for ever."""
+def test_a_dropped_client_lets_its_calls_finish(raw: RawServer, mode: str) -> None:
+    """A client that is garbage lets the calls it made get their replies,
+    as a gRPC channel or the sync one-liner ``Client(a).echo(1)`` does, and
+    closes its connection once they are done."""
 
     async def main() -> None:
         before = settle_fds(raw, mode)
-        fut = make_client(raw.address, mode, timeout=None).call("never")
-        with pytest.raises(foorpc.ConnectionLostError):
-            await asyncio.wait_for(fut, 5)
-        del fut  # it refers to the connection too
-        await asyncio.sleep(0.05)
+        assert await (await connect(raw.address, mode)).echo(1) == 1
+        fut = make_client(raw.address, mode).call("late", 2, 0.2)
+        collect()
+        assert await asyncio.wait_for(fut, 5) == 2
+        del fut
         collect()
         await wait_until(lambda: fds() <= before)
+        raw.wait_idle()
+
+    run(main())
+
+
+def test_a_dropped_client_closes_once_its_calls_end(raw: RawServer, mode: str) -> None:
+    """The calls of a garbage client still end: by their timeout, or when
+    they are cancelled (here by ``wait_for``), and the connection closes then."""
+
+    async def main() -> None:
+        before = settle_fds(raw, mode)
+        fut = make_client(raw.address, mode, timeout=0.2).call("never")
+        collect()
+        with pytest.raises(foorpc.RpcTimeoutError):
+            await asyncio.wait_for(fut, 5)
+        del fut
+        collect()
+        await wait_until(lambda: fds() <= before)
+        raw.wait_idle()
+
+        fut = make_client(raw.address, mode, timeout=None).call("never")
+        collect()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, 0.2)
+        assert fut.cancelled()
+        del fut
+        collect()
+        await wait_until(lambda: fds() <= before)
+        raw.wait_idle()
 
     run(main())
 
