@@ -36,6 +36,7 @@ use crate::message::Message;
 use crate::peer::Peer;
 use crate::pending::{CallSlot, Pending};
 use crate::reactor::ReactorHandle;
+use crate::serial::SerialQueue;
 use crate::server::ServerState;
 use crate::transport::Stream;
 use crate::{fork, Value};
@@ -267,6 +268,9 @@ pub(crate) struct Conn {
     /// Its owner is gone: the connection closes once no call of ours is
     /// pending (see [`Conn::close_when_calls_done`]).
     close_when_idle: AtomicBool,
+    /// Handlers of this connection's messages that run in arrival order on
+    /// the pool ([`crate::Execution::Ordered`]); made on first use.
+    serial: OnceLock<Arc<SerialQueue>>,
     closed: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
     in_flight: AtomicUsize,
@@ -330,6 +334,7 @@ impl Conn {
                 cork: 0,
             }),
             close_when_idle: AtomicBool::new(false),
+            serial: OnceLock::new(),
             closed: AtomicBool::new(false),
             reactor: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
@@ -775,6 +780,12 @@ impl Conn {
             }
             _ => self.on_readable(false),
         }
+    }
+
+    /// Runs `job` on the worker pool once this connection's earlier ordered
+    /// jobs have run.
+    pub(crate) fn run_in_order(&self, job: crate::pool::Job) {
+        self.serial.get_or_init(Default::default).push(job);
     }
 
     /// Counts `bytes` of the peer's messages as held until the returned

@@ -17,7 +17,7 @@ use crate::conn::{Conn, Held};
 use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 use crate::fasthash::FastState;
 use crate::peer::Peer;
-use crate::pool::Pool;
+use crate::pool::{Job, Pool};
 use crate::Value;
 
 /// Where a handler runs.
@@ -27,6 +27,11 @@ pub enum Execution {
     Inline,
     /// On the worker pool: may block for as long as it likes.
     Pool,
+    /// On the worker pool, one at a time per connection and in arrival
+    /// order (as `Inline`, with each message's handler finished before the
+    /// next one's starts), so it may block: a slow one holds up only the
+    /// later ordered messages of its own connection.
+    Ordered,
 }
 
 /// An incoming request: what was asked, who asked, and how to answer.
@@ -145,8 +150,9 @@ impl Router {
         })
     }
 
-    /// A notification handler (inline by default, so notifications are seen in
-    /// arrival order; pass `Execution::Pool` for slow ones).
+    /// A notification handler. `Execution::Inline` and `Execution::Ordered`
+    /// see a connection's notifications in arrival order (`Ordered` may
+    /// block); `Execution::Pool` runs them at once, side by side.
     pub fn notification(
         &mut self,
         name: &str,
@@ -187,28 +193,63 @@ impl Router {
             .notifications
             .get(&n.method)
             .or(self.notification_fallback.as_ref());
-        match entry {
-            Some((handler, Execution::Pool)) => {
-                let (handler, held) = (handler.clone(), hold());
-                Pool::global().execute(Box::new(move || {
-                    handler(n);
-                    drop(held);
-                }))
-            }
-            Some((handler, Execution::Inline)) => run(handler.clone(), Execution::Inline, n),
-            None => {}
+        let Some((handler, execution)) = entry else {
+            return;
+        };
+        if matches!(execution, Execution::Inline) {
+            return run(handler.clone(), Execution::Inline, n);
         }
+        let (handler, held) = (handler.clone(), hold());
+        let ordered_on = ordered_on(*execution, &n);
+        hand_off(
+            ordered_on.as_deref(),
+            Box::new(move || {
+                handler(n);
+                drop(held);
+            }),
+        );
     }
 }
 
-fn run<T: Send + 'static>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution, arg: T) {
-    match execution {
-        Execution::Inline => {
-            // A panicking handler must not take the I/O thread down; the
-            // request's Responder, dropped while unwinding, sends an error reply.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg)));
-        }
-        Execution::Pool => Pool::global().execute(Box::new(move || handler(arg))),
+/// What a handler gets: it names the connection it came on.
+trait Incoming: Send + 'static {
+    fn peer(&self) -> &Peer;
+}
+
+impl Incoming for Request {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl Incoming for Notification {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+fn run<T: Incoming>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution, arg: T) {
+    if matches!(execution, Execution::Inline) {
+        // A panicking handler must not take the I/O thread down; the
+        // request's Responder, dropped while unwinding, sends an error reply.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg)));
+        return;
+    }
+    let ordered_on = ordered_on(execution, &arg);
+    hand_off(ordered_on.as_deref(), Box::new(move || handler(arg)));
+}
+
+/// The connection whose arrival order `execution` keeps, if it keeps one.
+fn ordered_on(execution: Execution, arg: &impl Incoming) -> Option<Arc<Conn>> {
+    matches!(execution, Execution::Ordered).then(|| arg.peer().conn().clone())
+}
+
+/// Runs a handler on the worker pool: behind the connection's earlier
+/// ordered ones when it keeps their order.
+fn hand_off(ordered_on: Option<&Conn>, job: Job) {
+    match ordered_on {
+        Some(conn) => conn.run_in_order(job),
+        None => Pool::global().execute(job),
     }
 }
 

@@ -55,6 +55,7 @@ mod peer;
 mod pending;
 mod pool;
 mod reactor;
+mod serial;
 mod server;
 pub mod transport;
 

@@ -61,6 +61,10 @@ impl Peer {
         Peer { conn }
     }
 
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
     /// A number that identifies this connection within the process.
     pub fn id(&self) -> u64 {
         self.conn.id()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::fork;
 
-type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 const MAX_THREADS: usize = 512;
 const IDLE_EXIT: Duration = Duration::from_secs(30);

@@ -1053,3 +1053,62 @@ fn client_notifications_arrive_in_order() {
     assert_eq!(unknown.load(Ordering::SeqCst), 100);
     assert!(eventually(PROMPT, || pooled.load(Ordering::SeqCst) == 100));
 }
+
+/// `Execution::Ordered` handlers run off the I/O thread, one at a time per
+/// connection and in arrival order: a slow one holds up only the later
+/// ordered messages of its own connection. Inline calls on that connection,
+/// and another connection's ordered work, go on meanwhile.
+#[test]
+fn ordered_handlers_keep_arrival_order_without_holding_up_the_server() {
+    let gate = Gate::new();
+    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut router = calc_router();
+    {
+        let (g, seen) = (gate.clone(), seen.clone());
+        router.notification("note", Execution::Ordered, move |n| {
+            let v = n.params[0].as_i64().expect("an int");
+            if v == 0 {
+                g.wait(Duration::from_secs(20));
+            }
+            seen.lock().unwrap().push(v);
+        });
+    }
+    {
+        let seen = seen.clone();
+        router.register("record", Execution::Ordered, move |req| {
+            let v = req.params[0].as_i64().expect("an int");
+            seen.lock().unwrap().push(v);
+            req.responder.ok(Value::from(v));
+        });
+    }
+    let server = start_tcp(router);
+    let address = server.local_addr().to_string();
+    let (a, b) = (
+        Client::connect(&address).unwrap(),
+        Client::connect(&address).unwrap(),
+    );
+    for i in 0..100 {
+        a.notify("note", &[Value::from(i)]).unwrap();
+    }
+    let a_last = a.call_async("record", &[Value::from(100)], CALL).unwrap();
+    assert_eq!(a.call::<i64>("add", (1, 2)).unwrap(), 3);
+    for i in 1000..1010 {
+        b.notify("note", &[Value::from(i)]).unwrap();
+    }
+    assert_eq!(
+        b.call_value("record", &[Value::from(2000)], CALL).unwrap(),
+        Value::from(2000)
+    );
+    let b_order: Vec<i64> = (1000..1010).chain([2000]).collect();
+    assert_eq!(*seen.lock().unwrap(), b_order, "a's messages ran early");
+    gate.open();
+    assert_eq!(a_last.wait().unwrap(), Value::from(100));
+    let a_order: Vec<i64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|v| *v <= 100)
+        .collect();
+    assert_eq!(a_order, (0..=100).collect::<Vec<i64>>());
+}

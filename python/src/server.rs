@@ -78,9 +78,11 @@ fn in_handler_of<R>(id: u64, f: impl FnOnce() -> R) -> R {
 }
 
 /// Builds a core router from Python handlers of server `id` (0: a client's
-/// handlers): plain methods run on the worker pool, deferred ones (and
-/// notifications) on the I/O thread. The fallback takes every notification
-/// without a handler of its own, method name first.
+/// handlers): plain methods run on the worker pool, deferred ones (which
+/// only hand an `async def` to its loop) on the I/O thread. Plain
+/// notification handlers run on the pool one at a time per connection, in
+/// arrival order. The fallback takes every notification without a handler
+/// of its own, method name first.
 pub fn build_router(
     id: u64,
     methods: Vec<(String, Handler)>,
@@ -100,12 +102,12 @@ pub fn build_router(
         }
     }
     for (name, h) in notes {
-        router.notification(&name, Execution::Inline, move |n| {
+        router.notification(&name, notification_execution(&h), move |n| {
             in_handler_of(id, || run_notification(&h, n, id == 0))
         });
     }
     if let Some(h) = note_fallback {
-        router.notification_fallback(Execution::Inline, move |mut n| {
+        router.notification_fallback(notification_execution(&h), move |mut n| {
             n.params.insert(0, foorpc::Value::from(n.method.as_str()));
             in_handler_of(id, || run_notification(&h, n, id == 0))
         });
@@ -160,6 +162,17 @@ fn not_awaitable<'py>(
     Err(PyTypeError::new_err(format!(
         "handler {shown} of {method:?} returned a {kind} instead of a value: {advice}"
     )))
+}
+
+/// Where a notification handler runs: a plain one may take its time, so off
+/// the I/O thread, but in order; a deferred one only starts a task on its
+/// loop, so right on the I/O thread.
+fn notification_execution(h: &Handler) -> Execution {
+    if h.deferred {
+        Execution::Inline
+    } else {
+        Execution::Ordered
+    }
 }
 
 fn run_method(h: &Handler, req: Request, client: bool) {
@@ -370,6 +383,22 @@ impl ServerCore {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Registers `handler` as `name` in the table `table` picks, replacing
+    /// an earlier one of that name (only before start).
+    fn register(
+        &self,
+        table: impl FnOnce(&mut State) -> &mut Vec<(String, Handler)>,
+        name: String,
+        handler: Handler,
+    ) -> PyResult<()> {
+        let mut st = self.lock();
+        not_running(&st)?;
+        let table = table(&mut st);
+        table.retain(|(n, _)| *n != name);
+        table.push((name, handler));
+        Ok(())
+    }
 }
 
 impl Drop for ServerCore {
@@ -458,31 +487,37 @@ impl ServerCore {
         pass_peer: bool,
         deferred: bool,
     ) -> PyResult<()> {
-        let mut st = self.lock();
-        not_running(&st)?;
-        st.methods.retain(|(n, _)| *n != name);
-        st.methods
-            .push((name, Handler::new(func, pass_peer, deferred)));
-        Ok(())
+        let handler = Handler::new(func, pass_peer, deferred);
+        self.register(|st| &mut st.methods, name, handler)
     }
 
-    /// Registers a notification handler (run on the I/O thread, in arrival order).
-    #[pyo3(signature = (name, func, *, pass_peer = false))]
-    fn add_notification(&self, name: String, func: Py<PyAny>, pass_peer: bool) -> PyResult<()> {
-        let mut st = self.lock();
-        not_running(&st)?;
-        st.notes.retain(|(n, _)| *n != name);
-        st.notes.push((name, Handler::new(func, pass_peer, false)));
-        Ok(())
+    /// Registers a notification handler: run in each connection's arrival
+    /// order, on the worker pool (`deferred`: on the I/O thread, for one that
+    /// only starts an asyncio task).
+    #[pyo3(signature = (name, func, *, pass_peer = false, deferred = false))]
+    fn add_notification(
+        &self,
+        name: String,
+        func: Py<PyAny>,
+        pass_peer: bool,
+        deferred: bool,
+    ) -> PyResult<()> {
+        let handler = Handler::new(func, pass_peer, deferred);
+        self.register(|st| &mut st.notes, name, handler)
     }
 
     /// Registers the handler of notifications that have none of their own;
-    /// it is called with the method name first (on the I/O thread, in order).
-    #[pyo3(signature = (func, *, pass_peer = false))]
-    fn add_notification_fallback(&self, func: Py<PyAny>, pass_peer: bool) -> PyResult<()> {
+    /// it is called with the method name first (run as `add_notification`'s).
+    #[pyo3(signature = (func, *, pass_peer = false, deferred = false))]
+    fn add_notification_fallback(
+        &self,
+        func: Py<PyAny>,
+        pass_peer: bool,
+        deferred: bool,
+    ) -> PyResult<()> {
         let mut st = self.lock();
         not_running(&st)?;
-        st.note_fallback = Some(Handler::new(func, pass_peer, false));
+        st.note_fallback = Some(Handler::new(func, pass_peer, deferred));
         Ok(())
     }
 

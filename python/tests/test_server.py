@@ -364,6 +364,41 @@ def test_notifications_in_order(server: foorpc.Server) -> None:
     assert seen == list(range(1000))
 
 
+def test_a_slow_notification_handler_holds_up_only_its_own_connection(server: foorpc.Server) -> None:
+    """Plain notification handlers run off the I/O thread, one at a time per
+    connection: while one waits, that connection's later notifications wait
+    in order behind it, and other connections (and its own calls) go on."""
+    seen: list[int] = []
+    release = threading.Event()
+
+    @server.notification
+    def note(i: int) -> None:
+        if i == 0:
+            assert release.wait(10)
+        seen.append(i)
+
+    @server.method
+    def seen_so_far() -> list[int]:
+        return list(seen)
+
+    addr = serve(server)
+    with foorpc.Client(addr) as a, foorpc.Client(addr) as b:
+        for i in range(50):
+            a.notify("note", i)
+        for i in range(100, 110):
+            b.notify("note", i)
+        deadline = time.monotonic() + 5
+        while a.seen_so_far(timeout=5) != list(range(100, 110)):
+            assert time.monotonic() < deadline, f"b's notifications were held up: {seen}"
+            time.sleep(0.01)
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(seen) < 60:
+            assert time.monotonic() < deadline, f"a's notifications never ran: {seen}"
+            time.sleep(0.01)
+    assert [i for i in seen if i < 100] == list(range(50))
+
+
 def test_notification_whose_params_cannot_become_python_values_is_logged(
     server: foorpc.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,7 +132,8 @@ class Server:
 
     def notification(self, name: Union[str, F, None] = None) -> Union[F, Callable[[F], F]]:
         """Decorator registering a notification handler. Plain functions run on
-        the I/O thread, one at a time in arrival order (keep them quick);
+        the worker pool, one at a time per connection in arrival order (a slow
+        one holds up only its own connection's later notifications);
         ``async def`` ones are started on the loop in arrival order."""
         if callable(name):
             return self.add_notification(name.__name__, name)
@@ -144,18 +145,23 @@ class Server:
 
     def add_notification(self, name: str, func: F) -> F:
         """Registers ``func`` as the handler of notification ``name``."""
-        self._core.add_notification(name, self._notification_entry(name, func), pass_peer=_wants_peer(func))
+        self._core.add_notification(
+            name, self._notification_entry(name, func), pass_peer=_wants_peer(func), deferred=_is_async(func)
+        )
         return func
 
     def notification_fallback(self, func: F) -> F:
         """Decorator registering the handler of every notification that has no
         handler of its own: ``def f(method, *params)`` (``peer`` first if asked)."""
-        self._core.add_notification_fallback(self._notification_entry("*", func), pass_peer=_wants_peer(func))
+        self._core.add_notification_fallback(
+            self._notification_entry("*", func), pass_peer=_wants_peer(func), deferred=_is_async(func)
+        )
         return func
 
     def _notification_entry(self, name: str, func: Callable[..., Any]) -> Callable[..., None]:
-        """What the I/O thread calls for a notification handler: async ones
-        are started on the loop, plain ones have their exceptions logged."""
+        """What foorpc calls for a notification handler: async ones are
+        started on the loop (from the I/O thread), plain ones run on the
+        worker pool, in arrival order, with their exceptions logged."""
         if _is_async(func):
             self._has_async = True
             afunc: Callable[..., Awaitable[Any]] = func
