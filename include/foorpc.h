@@ -53,6 +53,27 @@
 #define FOORPC_HANDLER_INLINE 1
 
 /**
+ * Flag for foorpc_server_register* and foorpc_client_options_register*: run
+ * the handler on foorpc's worker pool, one message at a time per connection
+ * and in arrival order: the handler of a connection's ORDERED message
+ * (request or notification, whatever its method) starts once the handlers
+ * of that connection's earlier ORDERED messages have returned. It may block
+ * (including blocking calls back to the peer with foorpc_peer_call): a slow
+ * one holds up only its own connection's later ORDERED messages, never the
+ * I/O thread, other connections, or the same connection's POOL and INLINE
+ * handlers. It may run on any pool thread, not always the same one, but
+ * never two of one connection at once; handlers of different connections
+ * run at the same time. The order is that of the handlers' runs: a request
+ * handler that keeps its responder to answer later lets the next message
+ * start when it returns. A blocking call back to the peer that needs one of
+ * this connection's later ORDERED messages handled before it is answered
+ * waits until its timeout. ORDERED messages waiting their turn count
+ * against the same 16 MiB as POOL ones. The choice for notification
+ * handlers that may be slow and need their connection's arrival order.
+ */
+#define FOORPC_HANDLER_ORDERED 2
+
+/**
  * Largest message accepted from a peer, in bytes as sent (default 64 MiB).
  */
 #define FOORPC_LIMIT_MAX_MESSAGE_SIZE 1
@@ -376,8 +397,11 @@ typedef struct foorpc_writer foorpc_writer;
  * the caller back, or to close its connection).
  *
  * Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
- * threads at once for concurrent requests, or on the I/O thread that read
- * the request (FOORPC_HANDLER_INLINE).
+ * threads at once for concurrent requests; on the I/O thread that read
+ * the request (FOORPC_HANDLER_INLINE); or on a worker-pool thread after
+ * the connection's earlier ORDERED handlers have returned, never at the
+ * same time as another ORDERED handler of the same connection
+ * (FOORPC_HANDLER_ORDERED).
  */
 typedef void (*foorpc_handler_callback)(void *userdata,
                                         const char *method,
@@ -388,7 +412,10 @@ typedef void (*foorpc_handler_callback)(void *userdata,
 
 /**
  * Handles one notification (no answer is sent). `userdata`, `method` and
- * `params` and the threads are as for foorpc_handler_callback.
+ * `params` and the threads are as for foorpc_handler_callback: one
+ * connection's notifications reach INLINE handlers (quick ones, on the I/O
+ * thread) and ORDERED handlers (which may block) in arrival order; POOL
+ * handlers run them side by side.
  *
  * `peer` is the connection the notification came on, borrowed: valid only
  * until the callback returns. foorpc_peer_id tells connections apart; call
@@ -463,17 +490,20 @@ foorpc_result foorpc_client_options_new(struct foorpc_client_options **options_o
 /**
  * Registers `callback` for requests the server sends to `method` (a
  * NUL-terminated UTF-8 string, copied), as foorpc_server_register does for
- * a server: `flags` is FOORPC_HANDLER_POOL (0) or FOORPC_HANDLER_INLINE
+ * a server: `flags` is FOORPC_HANDLER_POOL (0), FOORPC_HANDLER_INLINE
  * (then it runs on the client's I/O thread, shared by the clients of the
- * process, and must not block); the handler answers through its responder.
+ * process, and must not block) or FOORPC_HANDLER_ORDERED (on the pool, one
+ * at a time per connection, in arrival order); the handler answers through
+ * its responder.
  * A method nobody registered gets an error reply `[1, "unknown method:
  * NAME"]`. Registering a method again replaces its handler.
  *
  * `userdata` is passed to every call of `callback` as is. It must stay
  * valid while a client connected with these options exists, and after
  * foorpc_client_free until its handlers still running have returned (pool
- * handlers are not waited for); it must be safe to use from several threads
- * at once for pool handlers. Any thread.
+ * and ordered handlers are not waited for); it must be safe to use from
+ * several threads at once for pool handlers, and for ordered handlers when
+ * the options serve more than one connection. Any thread.
  */
 foorpc_result foorpc_client_options_register(const struct foorpc_client_options *options,
                                              const char *method,
@@ -495,8 +525,9 @@ foorpc_result foorpc_client_options_register_fallback(const struct foorpc_client
  * Registers `callback` for notifications the server sends for `method`
  * (NUL-terminated UTF-8, copied). Notifications nobody registered are
  * ignored. `flags`, `userdata` and the threads are as for
- * foorpc_client_options_register; use FOORPC_HANDLER_INLINE to see them in
- * order.
+ * foorpc_client_options_register; FOORPC_HANDLER_INLINE (quick handlers)
+ * and FOORPC_HANDLER_ORDERED (handlers that may block) see them in arrival
+ * order, FOORPC_HANDLER_POOL runs them side by side.
  */
 foorpc_result foorpc_client_options_register_notification(const struct foorpc_client_options *options,
                                                           const char *method,
@@ -951,8 +982,8 @@ uint64_t foorpc_peer_id(const struct foorpc_peer *peer);
  * on FOORPC_RESULT_REMOTE_ERROR with the peer's error object, owned by the
  * caller; `result_out` may be NULL).
  *
- * Blocks the calling thread, so call it from a FOORPC_HANDLER_POOL handler
- * or any other thread of yours: from an inline handler or a callback on
+ * Blocks the calling thread, so call it from a FOORPC_HANDLER_POOL or
+ * FOORPC_HANDLER_ORDERED handler or any other thread of yours: from an inline handler or a callback on
  * foorpc's I/O thread it fails at once with FOORPC_RESULT_USAGE (use
  * foorpc_peer_call_async there). Other errors: FOORPC_RESULT_CLOSED,
  * FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_TIMEOUT,
@@ -1037,12 +1068,14 @@ foorpc_result foorpc_server_new(struct foorpc_server **server_out);
 
 /**
  * Registers `callback` for requests to `method` (a NUL-terminated UTF-8
- * string, copied). `flags` is FOORPC_HANDLER_POOL (0) or
- * FOORPC_HANDLER_INLINE; see foorpc_handler_callback for the threads it
- * runs on. `userdata` is passed to every call of `callback` as is; it must
- * stay valid until foorpc_server_free returns, which waits until no handler
- * of the server runs any more (and must be safe to use from several threads
- * at once for pool handlers). Registering a method again
+ * string, copied). `flags` is FOORPC_HANDLER_POOL (0),
+ * FOORPC_HANDLER_INLINE or FOORPC_HANDLER_ORDERED (anything else:
+ * FOORPC_RESULT_INVALID_ARGUMENT); see foorpc_handler_callback for the
+ * threads it runs on. `userdata` is passed to every call of `callback` as
+ * is; it must stay valid until foorpc_server_free returns, which waits until
+ * no handler of the server runs any more (and must be safe to use from
+ * several threads at once for pool handlers, and for ordered handlers,
+ * which run one at a time per connection only). Registering a method again
  * replaces its handler. A method nobody registered gets an error reply
  * `[1, "unknown method: NAME"]`.
  *
@@ -1069,8 +1102,11 @@ foorpc_result foorpc_server_register_fallback(struct foorpc_server *server,
  * Registers `callback` for notifications of `method` (NUL-terminated
  * UTF-8, copied). Notifications nobody registered are ignored (see
  * foorpc_server_register_notification_fallback). `flags`, `userdata` and
- * the threads are as for foorpc_server_register; use FOORPC_HANDLER_INLINE
- * to see one connection's notifications in order. The callback gets the
+ * the threads are as for foorpc_server_register. One connection's
+ * notifications are seen in arrival order with FOORPC_HANDLER_INLINE (on
+ * the I/O thread: quick handlers only) or FOORPC_HANDLER_ORDERED (on the
+ * pool: a slow one holds up only its connection's later ORDERED messages);
+ * FOORPC_HANDLER_POOL runs them side by side. The callback gets the
  * connection as a borrowed foorpc_peer. Only before the server starts.
  */
 foorpc_result foorpc_server_register_notification(struct foorpc_server *server,
@@ -1152,7 +1188,7 @@ foorpc_result foorpc_server_run(struct foorpc_server *server);
  * connection has closed), sends their replies (waiting up to 1 s in all,
  * however many peers do not read them), closes every connection, and wakes
  * foorpc_server_run. Blocks until done, except when called from a
- * handler (inline or pool) or from a foorpc_call_callback (of any client or
+ * handler (of any flags) or from a foorpc_call_callback (of any client or
  * server), where it only starts the shutdown and returns at once: waiting
  * there would wait for the calling handler's own request, or stall the I/O
  * thread the shutdown needs.

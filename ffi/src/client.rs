@@ -66,17 +66,20 @@ pub extern "C" fn foorpc_client_options_new(
 
 /// Registers `callback` for requests the server sends to `method` (a
 /// NUL-terminated UTF-8 string, copied), as foorpc_server_register does for
-/// a server: `flags` is FOORPC_HANDLER_POOL (0) or FOORPC_HANDLER_INLINE
+/// a server: `flags` is FOORPC_HANDLER_POOL (0), FOORPC_HANDLER_INLINE
 /// (then it runs on the client's I/O thread, shared by the clients of the
-/// process, and must not block); the handler answers through its responder.
+/// process, and must not block) or FOORPC_HANDLER_ORDERED (on the pool, one
+/// at a time per connection, in arrival order); the handler answers through
+/// its responder.
 /// A method nobody registered gets an error reply `[1, "unknown method:
 /// NAME"]`. Registering a method again replaces its handler.
 ///
 /// `userdata` is passed to every call of `callback` as is. It must stay
 /// valid while a client connected with these options exists, and after
 /// foorpc_client_free until its handlers still running have returned (pool
-/// handlers are not waited for); it must be safe to use from several threads
-/// at once for pool handlers. Any thread.
+/// and ordered handlers are not waited for); it must be safe to use from
+/// several threads at once for pool handlers, and for ordered handlers when
+/// the options serve more than one connection. Any thread.
 #[no_mangle]
 pub extern "C" fn foorpc_client_options_register(
     options: *const foorpc_client_options,
@@ -111,8 +114,9 @@ pub extern "C" fn foorpc_client_options_register_fallback(
 /// Registers `callback` for notifications the server sends for `method`
 /// (NUL-terminated UTF-8, copied). Notifications nobody registered are
 /// ignored. `flags`, `userdata` and the threads are as for
-/// foorpc_client_options_register; use FOORPC_HANDLER_INLINE to see them in
-/// order.
+/// foorpc_client_options_register; FOORPC_HANDLER_INLINE (quick handlers)
+/// and FOORPC_HANDLER_ORDERED (handlers that may block) see them in arrival
+/// order, FOORPC_HANDLER_POOL runs them side by side.
 #[no_mangle]
 pub extern "C" fn foorpc_client_options_register_notification(
     options: *const foorpc_client_options,

@@ -36,6 +36,24 @@ pub const FOORPC_HANDLER_POOL: u32 = 0;
 /// Inline notification handlers see notifications of one connection in
 /// arrival order.
 pub const FOORPC_HANDLER_INLINE: u32 = 1;
+/// Flag for foorpc_server_register* and foorpc_client_options_register*: run
+/// the handler on foorpc's worker pool, one message at a time per connection
+/// and in arrival order: the handler of a connection's ORDERED message
+/// (request or notification, whatever its method) starts once the handlers
+/// of that connection's earlier ORDERED messages have returned. It may block
+/// (including blocking calls back to the peer with foorpc_peer_call): a slow
+/// one holds up only its own connection's later ORDERED messages, never the
+/// I/O thread, other connections, or the same connection's POOL and INLINE
+/// handlers. It may run on any pool thread, not always the same one, but
+/// never two of one connection at once; handlers of different connections
+/// run at the same time. The order is that of the handlers' runs: a request
+/// handler that keeps its responder to answer later lets the next message
+/// start when it returns. A blocking call back to the peer that needs one of
+/// this connection's later ORDERED messages handled before it is answered
+/// waits until its timeout. ORDERED messages waiting their turn count
+/// against the same 16 MiB as POOL ones. The choice for notification
+/// handlers that may be slow and need their connection's arrival order.
+pub const FOORPC_HANDLER_ORDERED: u32 = 2;
 
 /// Handles one request.
 ///
@@ -53,8 +71,11 @@ pub const FOORPC_HANDLER_INLINE: u32 = 1;
 /// the caller back, or to close its connection).
 ///
 /// Runs on a worker-pool thread (FOORPC_HANDLER_POOL), possibly on several
-/// threads at once for concurrent requests, or on the I/O thread that read
-/// the request (FOORPC_HANDLER_INLINE).
+/// threads at once for concurrent requests; on the I/O thread that read
+/// the request (FOORPC_HANDLER_INLINE); or on a worker-pool thread after
+/// the connection's earlier ORDERED handlers have returned, never at the
+/// same time as another ORDERED handler of the same connection
+/// (FOORPC_HANDLER_ORDERED).
 pub type foorpc_handler_callback = Option<
     unsafe extern "C" fn(
         userdata: *mut c_void,
@@ -67,7 +88,10 @@ pub type foorpc_handler_callback = Option<
 >;
 
 /// Handles one notification (no answer is sent). `userdata`, `method` and
-/// `params` and the threads are as for foorpc_handler_callback.
+/// `params` and the threads are as for foorpc_handler_callback: one
+/// connection's notifications reach INLINE handlers (quick ones, on the I/O
+/// thread) and ORDERED handlers (which may block) in arrival order; POOL
+/// handlers run them side by side.
 ///
 /// `peer` is the connection the notification came on, borrowed: valid only
 /// until the callback returns. foorpc_peer_id tells connections apart; call
@@ -231,6 +255,7 @@ fn execution(flags: u32) -> Result<Execution, foorpc_result> {
     match flags {
         FOORPC_HANDLER_POOL => Ok(Execution::Pool),
         FOORPC_HANDLER_INLINE => Ok(Execution::Inline),
+        FOORPC_HANDLER_ORDERED => Ok(Execution::Ordered),
         other => Err(fail(
             foorpc_result::InvalidArgument,
             format!("unknown handler flags {other:#x}"),

@@ -226,8 +226,8 @@ pub extern "C" fn foorpc_peer_id(peer: *const foorpc_peer) -> u64 {
 /// on FOORPC_RESULT_REMOTE_ERROR with the peer's error object, owned by the
 /// caller; `result_out` may be NULL).
 ///
-/// Blocks the calling thread, so call it from a FOORPC_HANDLER_POOL handler
-/// or any other thread of yours: from an inline handler or a callback on
+/// Blocks the calling thread, so call it from a FOORPC_HANDLER_POOL or
+/// FOORPC_HANDLER_ORDERED handler or any other thread of yours: from an inline handler or a callback on
 /// foorpc's I/O thread it fails at once with FOORPC_RESULT_USAGE (use
 /// foorpc_peer_call_async there). Other errors: FOORPC_RESULT_CLOSED,
 /// FOORPC_RESULT_CONNECTION_LOST, FOORPC_RESULT_TIMEOUT,

@@ -207,12 +207,14 @@ impl Handlers for foorpc_server {
 }
 
 /// Registers `callback` for requests to `method` (a NUL-terminated UTF-8
-/// string, copied). `flags` is FOORPC_HANDLER_POOL (0) or
-/// FOORPC_HANDLER_INLINE; see foorpc_handler_callback for the threads it
-/// runs on. `userdata` is passed to every call of `callback` as is; it must
-/// stay valid until foorpc_server_free returns, which waits until no handler
-/// of the server runs any more (and must be safe to use from several threads
-/// at once for pool handlers). Registering a method again
+/// string, copied). `flags` is FOORPC_HANDLER_POOL (0),
+/// FOORPC_HANDLER_INLINE or FOORPC_HANDLER_ORDERED (anything else:
+/// FOORPC_RESULT_INVALID_ARGUMENT); see foorpc_handler_callback for the
+/// threads it runs on. `userdata` is passed to every call of `callback` as
+/// is; it must stay valid until foorpc_server_free returns, which waits until
+/// no handler of the server runs any more (and must be safe to use from
+/// several threads at once for pool handlers, and for ordered handlers,
+/// which run one at a time per connection only). Registering a method again
 /// replaces its handler. A method nobody registered gets an error reply
 /// `[1, "unknown method: NAME"]`.
 ///
@@ -252,8 +254,11 @@ pub extern "C" fn foorpc_server_register_fallback(
 /// Registers `callback` for notifications of `method` (NUL-terminated
 /// UTF-8, copied). Notifications nobody registered are ignored (see
 /// foorpc_server_register_notification_fallback). `flags`, `userdata` and
-/// the threads are as for foorpc_server_register; use FOORPC_HANDLER_INLINE
-/// to see one connection's notifications in order. The callback gets the
+/// the threads are as for foorpc_server_register. One connection's
+/// notifications are seen in arrival order with FOORPC_HANDLER_INLINE (on
+/// the I/O thread: quick handlers only) or FOORPC_HANDLER_ORDERED (on the
+/// pool: a slow one holds up only its connection's later ORDERED messages);
+/// FOORPC_HANDLER_POOL runs them side by side. The callback gets the
 /// connection as a borrowed foorpc_peer. Only before the server starts.
 #[no_mangle]
 pub extern "C" fn foorpc_server_register_notification(
@@ -436,7 +441,7 @@ pub extern "C" fn foorpc_server_run(server: *mut foorpc_server) -> foorpc_result
 /// connection has closed), sends their replies (waiting up to 1 s in all,
 /// however many peers do not read them), closes every connection, and wakes
 /// foorpc_server_run. Blocks until done, except when called from a
-/// handler (inline or pool) or from a foorpc_call_callback (of any client or
+/// handler (of any flags) or from a foorpc_call_callback (of any client or
 /// server), where it only starts the shutdown and returns at once: waiting
 /// there would wait for the calling handler's own request, or stall the I/O
 /// thread the shutdown needs.

@@ -4,7 +4,8 @@
  * notifications), remote error objects, timeouts, answering later from
  * another thread, server start/run/stop; connections as handlers see them
  * (foorpc_peer: ids, calling the client back, notifications both ways,
- * closing one connection), notification fallbacks, client-side handlers. Built against the installed header
+ * closing one connection), notification fallbacks, client-side handlers,
+ * FOORPC_HANDLER_ORDERED (arrival order per connection while one blocks). Built against the installed header
  * and library; also run under valgrind. Last line: "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
@@ -173,6 +174,10 @@ static void test_free_null_and_null_args(void) {
           FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_client_options_register_notification_fallback(o, h_dummy_note, NULL, 9) ==
           FOORPC_RESULT_INVALID_ARGUMENT);
+    OK(foorpc_client_options_register(o, "m", h_dummy, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_client_options_register_fallback(o, h_dummy, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_client_options_register_notification_fallback(o, h_dummy_note, NULL,
+                                                            FOORPC_HANDLER_ORDERED));
     CHECK(foorpc_client_connect_with(NULL, 0, o, &c) == FOORPC_RESULT_NULL_PARAMETER && c == NULL);
     CHECK(foorpc_client_connect_with("tcp://127.0.0.1:1", 0, o, NULL) ==
           FOORPC_RESULT_NULL_PARAMETER);
@@ -187,8 +192,16 @@ static void test_free_null_and_null_args(void) {
           FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_server_register_notification_fallback(s, NULL, NULL, 0) ==
           FOORPC_RESULT_NULL_PARAMETER);
-    CHECK(foorpc_server_register_notification_fallback(s, h_dummy_note, NULL, 2) ==
+    CHECK(foorpc_server_register_notification_fallback(s, h_dummy_note, NULL,
+                                                       FOORPC_HANDLER_ORDERED + 1) ==
           FOORPC_RESULT_INVALID_ARGUMENT);
+    CHECK(last_error_contains("unknown handler flags 0x3"));
+    /* The flags are a stable ABI. */
+    CHECK(FOORPC_HANDLER_POOL == 0 && FOORPC_HANDLER_INLINE == 1 && FOORPC_HANDLER_ORDERED == 2);
+    OK(foorpc_server_register(s, "m", h_dummy, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_server_register_fallback(s, h_dummy, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_server_register_notification_fallback(s, h_dummy_note, NULL,
+                                                    FOORPC_HANDLER_ORDERED));
     CHECK(foorpc_server_register_notification(s, "n", NULL, NULL, 0) ==
           FOORPC_RESULT_NULL_PARAMETER);
     CHECK(foorpc_server_bind(s, "nonsense") == FOORPC_RESULT_INVALID_ADDRESS);
@@ -595,12 +608,17 @@ static void on_done_nested(void *userdata, foorpc_result rc, const uint8_t *data
     on_done(userdata, rc, data, len);
 }
 
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
+static void deadline_in(struct timespec *until, long ms) {
+    clock_gettime(CLOCK_REALTIME, until);
+    until->tv_sec += ms / 1000;
+    until->tv_nsec += (ms % 1000) * 1000000L;
+    if (until->tv_nsec >= 1000000000L) until->tv_sec++, until->tv_nsec -= 1000000000L;
+}
+
 static int wait_calls(struct waiter *wt, int n, long timeout_ms) {
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&wt->lock);
     while (wt->calls < n && pthread_cond_timedwait(&wt->cv, &wt->lock, &until) == 0) {
     }
@@ -1474,6 +1492,241 @@ static void test_params_limits(void) {
     passed++;
 }
 
+/* ------------------------------------------------------------------------ */
+/* FOORPC_HANDLER_ORDERED: one connection's ORDERED messages (notifications
+ * and requests) are handled one at a time in arrival order, on the pool; a
+ * handler that blocks holds up only its own connection's later ORDERED
+ * messages: not other connections, nor that connection's pool and inline
+ * handlers, nor the I/O thread. Ordered handlers record the value they get;
+ * the one given 0 waits for the test to open the gate (for 20 s at most). */
+
+#define ORD_MAX 256
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int open;          /* the gate: 0 blocks the handler given 0 */
+    int blocked;       /* handlers given 0 that reached the gate */
+    int n;             /* values recorded, in the order recorded */
+    int64_t log[ORD_MAX];
+} ord = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, {0}};
+
+static void ord_reset(void) {
+    pthread_mutex_lock(&ord.lock);
+    ord.open = 0, ord.blocked = 0, ord.n = 0;
+    pthread_mutex_unlock(&ord.lock);
+}
+
+/* Waits (up to timeout_ms) until *field reaches n; returns whether it did. */
+static int ord_wait(const int *field, int n, long timeout_ms) {
+    struct timespec until;
+    deadline_in(&until, timeout_ms);
+    pthread_mutex_lock(&ord.lock);
+    while (*field < n && pthread_cond_timedwait(&ord.cv, &ord.lock, &until) == 0) {
+    }
+    int reached = *field >= n;
+    pthread_mutex_unlock(&ord.lock);
+    return reached;
+}
+
+static void ord_open(void) {
+    pthread_mutex_lock(&ord.lock);
+    ord.open = 1;
+    pthread_cond_broadcast(&ord.cv);
+    pthread_mutex_unlock(&ord.lock);
+}
+
+/* Records v; given 0, first waits (20 s at most) for the gate to open. */
+static void ord_record(int64_t v) {
+    struct timespec until;
+    pthread_mutex_lock(&ord.lock);
+    if (v == 0) {
+        ord.blocked++;
+        pthread_cond_broadcast(&ord.cv);
+        deadline_in(&until, 20000);
+        while (!ord.open && pthread_cond_timedwait(&ord.cv, &ord.lock, &until) == 0) {
+        }
+    }
+    if (ord.n < ORD_MAX) ord.log[ord.n++] = v;
+    pthread_cond_broadcast(&ord.cv);
+    pthread_mutex_unlock(&ord.lock);
+}
+
+/* The recorded values within [lo, hi], in the order recorded, into out; returns how many. */
+static int ord_values(int64_t lo, int64_t hi, int64_t *out, int cap) {
+    int k = 0;
+    pthread_mutex_lock(&ord.lock);
+    for (int i = 0; i < ord.n; i++)
+        if (ord.log[i] >= lo && ord.log[i] <= hi && k < cap) out[k++] = ord.log[i];
+    pthread_mutex_unlock(&ord.lock);
+    return k;
+}
+
+static int64_t param0(const uint8_t *params, size_t len) {
+    foorpc_reader *r = NULL;
+    uint32_t n = 0;
+    int64_t v = -1;
+    foorpc_reader_new(params, len, &r);
+    foorpc_reader_read_array(r, &n);
+    foorpc_reader_read_int(r, &v);
+    foorpc_reader_free(r);
+    return v;
+}
+
+/* Ordered notification (server and client side): records param0. */
+static void o_note(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                   const foorpc_peer *peer) {
+    (void)ud, (void)m, (void)ml, (void)peer;
+    ord_record(param0(params, len));
+}
+
+/* Ordered request: records param0 and answers it. */
+static void o_record(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                     foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    int64_t v = param0(params, len);
+    ord_record(v);
+    answer_i64(resp, v);
+}
+
+/* Server, inline: notes_back(n) sends the caller onote(0) .. onote(n - 1), then answers nil. */
+static void s_notes_back(void *ud, const char *m, size_t ml, const uint8_t *params, size_t len,
+                         foorpc_responder *resp) {
+    (void)ud, (void)m, (void)ml;
+    foorpc_peer *peer = NULL;
+    foorpc_writer *w = NULL;
+    int64_t n = param0(params, len);
+    foorpc_responder_peer(resp, &peer);
+    foorpc_writer_new(&w);
+    for (int64_t i = 0; i < n; i++) {
+        foorpc_writer_clear(w);
+        foorpc_writer_array(w, 1);
+        foorpc_writer_int(w, i);
+        foorpc_peer_notify(peer, "onote", foorpc_writer_data(w), foorpc_writer_len(w));
+    }
+    foorpc_writer_free(w);
+    foorpc_peer_free(peer);
+    foorpc_responder_ok(resp, NULL, 0);
+}
+
+static foorpc_result send_one(const foorpc_client *c, const char *method, int64_t v,
+                              struct waiter *wt) {
+    foorpc_writer *w = NULL;
+    foorpc_result rc;
+    foorpc_writer_new(&w);
+    foorpc_writer_array(w, 1);
+    foorpc_writer_int(w, v);
+    rc = wt ? foorpc_client_call_async(c, method, foorpc_writer_data(w), foorpc_writer_len(w),
+                                       30000, on_done, wt)
+            : foorpc_client_notify(c, method, foorpc_writer_data(w), foorpc_writer_len(w));
+    foorpc_writer_free(w);
+    return rc;
+}
+
+/* add(1, 2) through `method`, answered within 5 s. */
+static int adds_up(const foorpc_client *c, const char *method) {
+    foorpc_buf *res = NULL;
+    int ok = foorpc_client_call(c, method, (const uint8_t *)"\x92\x01\x02", 3, 5000, &res) ==
+                 FOORPC_RESULT_OK &&
+             buf_int(res) == 3;
+    foorpc_buf_free(res);
+    return ok;
+}
+
+/* Whether the k values in got are want[0] .. want[k - 1], with k == n. */
+static int values_are(const int64_t *got, int k, const int64_t *want, int n) {
+    return k == n && memcmp(got, want, (size_t)n * sizeof *want) == 0;
+}
+
+static void test_ordered(const char *bind_address) {
+    foorpc_server *s = NULL;
+    foorpc_client *a = NULL, *b = NULL, *c = NULL;
+    foorpc_client_options *o = NULL;
+    foorpc_buf *res = NULL;
+    struct waiter wt;
+    char addr[256];
+    int64_t got[ORD_MAX], want[ORD_MAX];
+    int k, n;
+
+    ord_reset();
+    OK(foorpc_server_new(&s));
+    OK(foorpc_server_register_notification(s, "onote", o_note, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_server_register(s, "orecord", o_record, NULL, FOORPC_HANDLER_ORDERED));
+    OK(foorpc_server_register(s, "add", h_add, NULL, FOORPC_HANDLER_POOL));
+    OK(foorpc_server_register(s, "add_inline", h_add, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_register(s, "notes_back", s_notes_back, NULL, FOORPC_HANDLER_INLINE));
+    OK(foorpc_server_bind(s, bind_address));
+    OK(foorpc_server_local_address(s, addr, sizeof addr, NULL));
+    OK(foorpc_server_start(s));
+    OK(foorpc_client_connect(addr, 0, &a));
+    OK(foorpc_client_connect(addr, 0, &b));
+    if (!a || !b) goto out;
+    waiter_init(&wt, a);
+
+    /* A: onote(0) (blocks), .. onote(24), orecord(100), onote(25) .. onote(49), orecord(101). */
+    for (int i = 0; i < 50; i++) {
+        OK(send_one(a, "onote", i, NULL));
+        if (i == 24) OK(send_one(a, "orecord", 100, &wt));
+    }
+    OK(send_one(a, "orecord", 101, &wt));
+    CHECK(ord_wait(&ord.blocked, 1, 10000));
+
+    /* Meanwhile B's ordered messages are handled, in order, and A's pool and inline calls. */
+    for (int i = 1000; i < 1010; i++) OK(send_one(b, "onote", i, NULL));
+    CHECK(foorpc_client_call(b, "orecord", (const uint8_t *)"\x91\xcd\x07\xd0", 4, 5000, &res) ==
+              FOORPC_RESULT_OK &&
+          buf_int(res) == 2000);
+    foorpc_buf_free(res);
+    CHECK(adds_up(a, "add"));
+    CHECK(adds_up(a, "add_inline"));
+    CHECK(adds_up(b, "add"));
+    n = 0;
+    for (int i = 1000; i < 1010; i++) want[n++] = i;
+    want[n++] = 2000;
+    k = ord_values(0, ORD_MAX * 100, got, ORD_MAX); /* everything recorded so far: B's only */
+    CHECK(values_are(got, k, want, n));
+    CHECK(wait_calls(&wt, 0, 0) == 0); /* A's ordered requests wait behind onote(0) */
+
+    /* Released: A's messages were handled in arrival order. */
+    ord_open();
+    CHECK(wait_calls(&wt, 2, 20000) == 2);
+    CHECK(wt.ok_sum == 201 && wt.remote_errors == 0 && wt.other_errors == 0);
+    n = 0;
+    for (int i = 0; i < 50; i++) {
+        want[n++] = i;
+        if (i == 24) want[n++] = 100;
+    }
+    want[n++] = 101;
+    k = ord_values(0, 101, got, ORD_MAX);
+    CHECK(values_are(got, k, want, n));
+    waiter_destroy(&wt);
+
+    /* Client side: ordered notifications from the server, the first one blocking,
+     * while the client's calls are answered. */
+    ord_reset();
+    OK(foorpc_client_options_new(&o));
+    OK(foorpc_client_options_register_notification(o, "onote", o_note, NULL,
+                                                   FOORPC_HANDLER_ORDERED));
+    OK(foorpc_client_connect_with(addr, 0, o, &c));
+    foorpc_client_options_free(o);
+    if (!c) goto out;
+    OK(foorpc_client_call(c, "notes_back", (const uint8_t *)"\x91\x14", 2, 5000, NULL));
+    CHECK(ord_wait(&ord.blocked, 1, 10000));
+    CHECK(adds_up(c, "add"));
+    ord_open();
+    CHECK(ord_wait(&ord.n, 20, 20000));
+    for (n = 0; n < 20; n++) want[n] = n;
+    k = ord_values(0, 19, got, ORD_MAX);
+    CHECK(values_are(got, k, want, n));
+
+out:
+    ord_open(); /* never leaves a handler waiting */
+    foorpc_client_free(c);
+    foorpc_client_free(b);
+    foorpc_client_free(a);
+    OK(foorpc_server_stop(s));
+    foorpc_server_free(s);
+}
+
 int main(void) {
     char unix_addr[128];
     test_version();
@@ -1491,6 +1744,11 @@ int main(void) {
     test_run_and_stop();
     test_limits();
     test_params_limits();
+    alarm(120); /* the default action ends the run if an ordered handler deadlocks */
+    test_ordered("tcp://127.0.0.1:0");
+    snprintf(unix_addr, sizeof unix_addr, "unix:///tmp/foorpc-test-ordered-%ld.sock", (long)getpid());
+    test_ordered(unix_addr);
+    alarm(0);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
