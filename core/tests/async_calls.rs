@@ -246,20 +246,36 @@ fn dropped_handle_forgets_the_call() {
 /// at once with a usage error instead of hanging until its timeout.
 #[test]
 fn a_blocking_call_from_a_callback_on_the_reading_thread_fails_at_once() {
-    let (_server, client, gate) = setup();
+    let (gate, second) = (Gate::new(), Gate::new());
+    let mut router = router_with_gate(&gate);
+    let g = second.clone();
+    router.register("block_then_add", Execution::Pool, move |req| {
+        g.wait(Duration::from_secs(20));
+        let sum: i64 = req.params.iter().filter_map(Value::as_i64).sum();
+        req.responder.ok(Value::from(sum));
+    });
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
     let leader = client.clone();
     let blocked =
         std::thread::spawn(move || leader.call_value("block", &[], Some(Duration::from_secs(10))));
     std::thread::sleep(Duration::from_millis(100)); // it now reads the socket
     let (tx, rx) = mpsc::channel();
     let nested = client.clone();
-    client
-        .call_async("add", &add_params(1, 2), Some(Duration::from_secs(10)))
-        .unwrap()
-        .on_complete(move |outcome| {
-            let inner = nested.call_value("add", &add_params(2, 2), Some(Duration::from_secs(10)));
-            let _ = tx.send((outcome, inner));
-        });
+    let call = client
+        .call_async(
+            "block_then_add",
+            &add_params(1, 2),
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap();
+    // Its reply comes only once the callback is set, so the thread reading
+    // for the blocked call (not this one) runs the callback.
+    call.on_complete(move |outcome| {
+        let inner = nested.call_value("add", &add_params(2, 2), Some(Duration::from_secs(10)));
+        let _ = tx.send((outcome, inner));
+    });
+    second.open();
     let (outcome, inner) = rx
         .recv_timeout(Duration::from_secs(5))
         .expect("the callback's blocking call hung");
