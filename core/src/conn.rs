@@ -132,9 +132,6 @@ struct WriteState {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     pos: usize,
-    /// Bytes written since the connection opened: a message queued ends at
-    /// `written + backlog()` (see `CallSlot::request_end`).
-    written: u64,
     /// Large payloads that go out where they stand in the stream, straight
     /// from their own buffer (one `sendmsg` with the bytes around them)
     /// instead of being copied into `buf`; in stream order.
@@ -198,7 +195,6 @@ impl WriteState {
 
     /// Marks `n` more bytes of the stream written.
     fn advance(&mut self, mut n: usize) {
-        self.written += n as u64;
         while n > 0 {
             let next = self.spliced.front().map_or(self.buf.len(), |s| s.at);
             if self.pos < next {
@@ -330,7 +326,6 @@ impl Conn {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
                 pos: 0,
-                written: 0,
                 cork: 0,
             }),
             close_when_idle: AtomicBool::new(false),
@@ -473,7 +468,7 @@ impl Conn {
         self: &Arc<Self>,
         flush: Flush,
         encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<u64> {
+    ) -> Result<()> {
         self.queue_and_flush(flush, |w| encode(&mut w.buf))
     }
 
@@ -484,7 +479,7 @@ impl Conn {
         flush: Flush,
         head: impl FnOnce(&mut Vec<u8>),
         payload: Vec<u8>,
-    ) -> Result<u64> {
+    ) -> Result<()> {
         self.queue_and_flush(flush, |w| {
             head(&mut w.buf);
             let at = w.buf.len();
@@ -505,7 +500,7 @@ impl Conn {
         flush: Flush,
         head: impl FnOnce(&mut Vec<u8>),
         payload: &[u8],
-    ) -> Result<u64> {
+    ) -> Result<()> {
         if payload.len() < SPLICE_MIN {
             return self.send(flush, |out| {
                 head(out);
@@ -517,14 +512,13 @@ impl Conn {
         self.send_borrowed(flush, &first, payload)
     }
 
-    fn send_borrowed(self: &Arc<Self>, flush: Flush, head: &[u8], payload: &[u8]) -> Result<u64> {
+    fn send_borrowed(self: &Arc<Self>, flush: Flush, head: &[u8], payload: &[u8]) -> Result<()> {
         self.queue_and_flush(flush, |w| {
             let mut sent = 0;
             if w.cork == 0 && !w.pending() {
                 let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(payload)];
                 // An error is met again (and handled) by the flush that follows.
                 sent = self.stream.write_vectored(&parts).unwrap_or(0);
-                w.written += sent as u64;
             }
             if sent < head.len() {
                 w.buf.extend_from_slice(&head[sent..]);
@@ -539,7 +533,7 @@ impl Conn {
         self: &Arc<Self>,
         flush: Flush,
         queue: impl FnOnce(&mut WriteState),
-    ) -> Result<u64> {
+    ) -> Result<()> {
         let mut w = lock(&self.write);
         if self.is_closed() {
             drop(w);
@@ -549,22 +543,20 @@ impl Conn {
             self.check_backlog(&w)?;
         }
         queue(&mut w);
-        let end = w.written + w.backlog() as u64;
         if w.cork > 0 {
             self.write_backlog.store(w.backlog(), Ordering::Release);
-            return Ok(end);
+            return Ok(());
         }
         match self.flush_locked(&mut w) {
-            Ok(true) => Ok(end),
+            Ok(true) => Ok(()),
             // The reactor or the event loop finishes the write when the socket has room.
-            Ok(false) if self.reactor.get().is_some() || self.is_loop_driven() => Ok(end),
+            Ok(false) if self.reactor.get().is_some() || self.is_loop_driven() => Ok(()),
             Ok(false) => {
                 drop(w);
                 match flush {
                     Flush::Wait(deadline) => self.drive_writes(deadline),
                     Flush::Background => self.write_in_background(),
                 }
-                .map(|()| end)
             }
             Err(e) => {
                 drop(w);
@@ -1218,7 +1210,7 @@ impl Conn {
     pub(crate) fn respond_by(
         self: &Arc<Self>,
         size: usize,
-        send: impl FnOnce(&Arc<Self>, Flush) -> Result<u64>,
+        send: impl FnOnce(&Arc<Self>, Flush) -> Result<()>,
     ) {
         let _ = send(self, self.reply_flush());
         self.finish_request(size);
@@ -1312,10 +1304,7 @@ impl Conn {
             }),
         };
         match sent {
-            Ok(end) => {
-                slot.set_request_end(end);
-                Ok((msgid, slot))
-            }
+            Ok(()) => Ok((msgid, slot)),
             Err(e) => {
                 lock(&self.pending).take(msgid);
                 self.close_if_calls_done();
@@ -1334,7 +1323,6 @@ impl Conn {
         self.send(flush, |out| {
             codec::encode_notification_params(out, method, params)
         })
-        .map(|_| ())
     }
 
     /// Checks caller-encoded bytes against this connection's limits.
@@ -1344,13 +1332,13 @@ impl Conn {
     }
 
     /// Forgets a call (timed out, or its handle was dropped).
-    pub(crate) fn cancel(&self, msgid: u32) {
+    pub(crate) fn cancel(self: &Arc<Self>, msgid: u32) {
         lock(&self.pending).take(msgid);
         self.close_if_calls_done();
     }
 
     /// Fails the calls whose deadline has passed; returns the next deadline.
-    pub(crate) fn expire_due(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn expire_due(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let drain = lock(&self.drain).clone();
         let drain_until = drain.as_ref().map(|(_, at)| *at);
         if let Some((reason, at)) = drain {
@@ -1365,41 +1353,25 @@ impl Conn {
         drop(pending);
         self.reactor_wakes_at
             .store(as_nanos(next), Ordering::Release);
-        let request_end = expired.iter().map(|s| s.request_end()).max();
+        let any_expired = !expired.is_empty();
         for slot in expired {
             slot.complete(Err(Error::Timeout));
         }
-        if let Some(end) = request_end {
-            self.close_if_unwritten(end);
+        if any_expired {
             self.close_if_calls_done();
         }
         next
     }
 
     /// Gives up on the call `msgid` at its deadline: its outcome if it came
-    /// meanwhile, else [`Error::Timeout`] (see [`Conn::close_if_unwritten`]).
-    pub(crate) fn time_out(&self, msgid: u32, slot: &CallSlot) -> Result<Value> {
+    /// meanwhile, else [`Error::Timeout`].
+    pub(crate) fn time_out(self: &Arc<Self>, msgid: u32, slot: &CallSlot) -> Result<Value> {
         self.cancel(msgid);
         // The reply may have landed between the last look and the cancel.
         if let Some(r) = slot.try_take() {
             return r;
         }
-        self.close_if_unwritten(slot.request_end());
         Err(Error::Timeout)
-    }
-
-    /// A call timed out before the socket took all of its request (which
-    /// ends at `request_end` in the outgoing stream): part of it may be on
-    /// the wire, so the stream cannot go on without the rest, and waiting
-    /// longer for a peer that does not read would hold the bytes for ever.
-    /// The connection closes, as a blocking call's write that times out
-    /// closes it; the other calls fail with [`Error::ConnectionLost`].
-    fn close_if_unwritten(&self, request_end: u64) {
-        if request_end > lock(&self.write).written {
-            self.close(Error::ConnectionLost(
-                "timed out writing to the peer".into(),
-            ));
-        }
     }
 
     /// Makes sure the reactor looks at this connection's deadlines by `at`.
@@ -1585,7 +1557,7 @@ impl Conn {
     /// callbacks, futures or waiting threads their outcome), as after
     /// dropping a tarpc or gRPC channel; every call ends by its timeout, or
     /// when the peer closes.
-    pub(crate) fn close_when_calls_done(&self) {
+    pub(crate) fn close_when_calls_done(self: &Arc<Self>) {
         self.close_when_idle.store(true, Ordering::SeqCst);
         // After the store: a call taken out of the table before it finds
         // the flag unset, and this look finds the table without it.
@@ -1594,10 +1566,24 @@ impl Conn {
 
     /// Checked each time a call leaves the table.
     #[inline]
-    fn close_if_calls_done(&self) {
+    fn close_if_calls_done(self: &Arc<Self>) {
         if self.close_when_idle.load(Ordering::SeqCst) && lock(&self.pending).len() == 0 {
-            self.close(Error::Closed);
+            self.close_gracefully();
         }
+    }
+
+    /// Closes at the owner's request: calls in flight fail with
+    /// [`Error::Closed`] at once, and no more can be made, but what was
+    /// already queued for the peer (a notification the socket had no room
+    /// for, say) is still written by the I/O thread, as the kernel still
+    /// sends a closed socket's buffer, for up to [`DRAIN_LIMIT`]; then the
+    /// socket is shut.
+    pub(crate) fn close_gracefully(self: &Arc<Self>) {
+        let writes_on = self.reactor.get().is_some() && self.fork_generation == fork::generation();
+        if writes_on && self.wants_write() {
+            return self.close_after_replies(Error::Closed);
+        }
+        self.close(Error::Closed);
     }
 
     pub(crate) fn pending_calls(&self) -> usize {
@@ -1690,7 +1676,6 @@ mod tests {
         let mut w = WriteState {
             buf: Vec::new(),
             pos: 0,
-            written: 0,
             spliced: VecDeque::new(),
             cork: 0,
         };

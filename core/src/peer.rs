@@ -151,9 +151,10 @@ impl Peer {
     /// by the program's event loop. Fails with [`Error::LimitExceeded`],
     /// sending nothing, while more than [`Limits::max_write_backlog`] bytes
     /// already wait for the peer to read them (one request may exceed it).
-    /// A call that times out before all of its request is written closes
-    /// the connection (part of it may be on the wire): it ends with
-    /// [`Error::Timeout`], the other calls with [`Error::ConnectionLost`].
+    /// A call that times out while its request still waits to be written
+    /// ends with [`Error::Timeout`]; the request is still written (part of
+    /// it may be on the wire already, and the stream must stay whole), and
+    /// its late reply is ignored.
     pub fn call_async(
         &self,
         method: &str,
@@ -226,8 +227,9 @@ impl Peer {
     /// Sends a notification (no reply) and returns at once, without
     /// waiting for the socket: what it does not take is written as for
     /// [`Peer::call_async`] (and refused with [`Error::LimitExceeded`] the
-    /// same way). Bytes the peer never reads stay queued until the
-    /// connection closes (they may be lost then, as on any failure).
+    /// same way). What is queued is still written after [`Peer::close`] or
+    /// the last [`crate::Client`] is dropped, for up to 10 s while the peer
+    /// does not read; it is lost if the connection fails.
     pub fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
         self.conn.check_usable(false)?;
         self.conn
@@ -266,9 +268,13 @@ impl Peer {
         self.conn.uncork();
     }
 
-    /// Closes the connection; pending calls fail with [`Error::Closed`].
+    /// Closes the connection: pending calls fail with [`Error::Closed`] and
+    /// no more can be made. It returns at once; what was already queued for
+    /// the peer (a large notification, say) is still written by the I/O
+    /// thread, as the kernel writes a closed socket's buffer, for up to 10 s
+    /// while the peer does not read, before the socket is shut.
     pub fn close(&self) {
-        self.conn.close(Error::Closed);
+        self.conn.close_gracefully();
     }
 
     /// True once the connection is closed (by either side), or ended by the

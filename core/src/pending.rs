@@ -5,7 +5,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -44,10 +43,6 @@ pub(crate) struct CallSlot {
     deadline: Option<Instant>,
     /// The caller wants the result's MessagePack bytes (as `Value::Binary`).
     raw: bool,
-    /// Where the request ends in the connection's outgoing stream (bytes
-    /// since it opened; 0 until queued), to tell whether all of it was
-    /// written when the call gives up.
-    request_end: AtomicU64,
 }
 
 /// Why [`CallSlot::wait`] returned.
@@ -72,7 +67,6 @@ impl CallSlot {
         Arc::new(CallSlot {
             deadline,
             raw,
-            request_end: AtomicU64::new(0),
             state: Mutex::new(SlotState {
                 outcome: Outcome::Waiting,
                 thread_waiting: false,
@@ -83,16 +77,6 @@ impl CallSlot {
             }),
             cv: Condvar::new(),
         })
-    }
-
-    /// Records where the request ends in the outgoing stream.
-    pub(crate) fn set_request_end(&self, end: u64) {
-        self.request_end.store(end, Ordering::Release);
-    }
-
-    /// Where the request ends in the outgoing stream (0: not queued).
-    pub(crate) fn request_end(&self) -> u64 {
-        self.request_end.load(Ordering::Acquire)
     }
 
     /// Delivers the outcome; later deliveries are ignored.

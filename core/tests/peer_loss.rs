@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use foorpc::{Client, ClientBuilder, Error, Execution, Message, Router, Value};
+use foorpc::{Client, ClientBuilder, Error, Execution, Message, Peer, Router, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -241,12 +241,13 @@ fn returns_promptly<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send 
 }
 
 /// `call_async` queues what the socket does not take and returns; the I/O
-/// thread writes on. When the call times out before its request is all
-/// written, the call ends with Timeout and the connection closes (the rest
-/// of the request can neither be dropped nor wait for ever).
+/// thread writes on. A call that times out before its request is all
+/// written ends with Timeout, but the connection stays whole: the rest of
+/// the request is still written, and the next call works once the peer
+/// reads and answers.
 #[test]
 fn call_async_to_a_peer_that_does_not_read_returns_then_times_out() {
-    let (client, _peer) = client_of_a_deaf_peer(Client::builder());
+    let (client, mut peer) = client_of_a_deaf_peer(Client::builder());
     let c = client.clone();
     let pending = returns_promptly("call_async", move || {
         c.call_async("m", &big_params(), Some(Duration::from_millis(300)))
@@ -256,11 +257,35 @@ fn call_async_to_a_peer_that_does_not_read_returns_then_times_out() {
     pending.on_complete(move |r| tx.send(r).unwrap());
     let outcome = rx.recv_timeout(TIMEOUT).expect("the callback never ran");
     assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
-    assert!(eventually(PROMPT, || client.is_closed()));
-    assert!(matches!(
-        client.call_async("m", &[], CALL),
-        Err(Error::ConnectionLost(_))
-    ));
+    assert!(!client.is_closed());
+
+    // [0, 0, "m", [bin32]]: 5 bytes, then the params' 6 bytes of headers.
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut got = vec![0; 5 + 6 + BIG];
+    std::io::Read::read_exact(&mut peer, &mut got).expect("the request was not all written");
+    assert_eq!(&got[..6], &[0x94, 0x00, 0x00, 0xa1, b'm', 0x91]);
+    assert!(got[11..].iter().all(|&b| b == 7));
+    let answered = thread::spawn(move || {
+        let mut request = [0u8; 6];
+        std::io::Read::read_exact(&mut peer, &mut request).unwrap();
+        assert_eq!(request, [0x94, 0x00, 0x01, 0xa1, b'n', 0x90]);
+        let mut late_then_real = Vec::new();
+        for (msgid, result) in [(0u32, "late"), (1, "real")] {
+            foorpc::codec::encode_response(
+                &mut late_then_real,
+                msgid,
+                &Value::Nil,
+                &Value::from(result),
+            );
+        }
+        std::io::Write::write_all(&mut peer, &late_then_real).unwrap();
+        peer
+    });
+    assert_eq!(
+        client.call_value("n", &[], CALL).unwrap(),
+        Value::from("real")
+    );
+    drop(answered.join().unwrap());
 }
 
 /// `notify` queues and returns; the I/O thread writes the message as the
@@ -299,6 +324,37 @@ fn notify_to_a_peer_that_does_not_read_is_written_as_it_reads() {
 
     client.notify("m", &big_params()).unwrap();
     returns_promptly("dropping the client", move || drop(client));
+}
+
+/// Closing (or dropping) a client returns at once, but what it had queued
+/// is still written, as a closed socket's buffer is: a peer that reads late
+/// gets every message whole, then the end of the stream.
+#[test]
+fn what_was_queued_before_close_still_reaches_a_peer_that_reads_late() {
+    for close in [Peer::close as fn(&Peer), |_: &Peer| {}] {
+        let (client, mut peer) = client_of_a_deaf_peer(Client::builder());
+        client.notify("n", &[]).unwrap();
+        client.notify("m", &big_params()).unwrap();
+        let handle = client.peer().clone();
+        returns_promptly("closing the client", move || {
+            close(&handle);
+            drop(client);
+            handle
+        });
+        peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut peer, &mut all).expect("the stream did not end");
+        assert_eq!(
+            all.len(),
+            5 + 4 + 6 + BIG,
+            "not all that was queued arrived"
+        );
+        assert_eq!(
+            &all[..11],
+            &[0x93, 0x02, 0xa1, b'n', 0x90, 0x93, 0x02, 0xa1, b'm', 0x91, 0xc6]
+        );
+        assert!(all[15..].iter().all(|&b| b == 7));
+    }
 }
 
 /// The blocking write (Python's blocking calls and notifications) still
