@@ -618,8 +618,8 @@ foorpc_result foorpc_client_connect_with(const char *address,
  * by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
  * arrays/maps nested 128 deep counting the request and params arrays;
  * nothing is sent and the connection stays open),
- * FOORPC_RESULT_TIMEOUT (if by then the server had not read all of the
- * request, the connection is closed too: part of it may be on the wire),
+ * FOORPC_RESULT_TIMEOUT (if this thread was still writing the request
+ * then, the connection is closed too: part of it may be on the wire),
  * FOORPC_RESULT_CONNECTION_LOST,
  * FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
  * or a callback on foorpc's I/O thread, or from a callback that runs on a
@@ -645,10 +645,9 @@ foorpc_result foorpc_client_call(const struct foorpc_client *client,
  * wait for the reply, writing the request included (0: the default, 30 s).
  *
  * When it returns FOORPC_RESULT_OK the callback runs exactly once: with
- * the reply; with FOORPC_RESULT_TIMEOUT when none came in time (if by then
- * the server had not read all of the request, the connection is closed
- * too, since part of it may be on the wire: the other calls pending on it
- * end with FOORPC_RESULT_CONNECTION_LOST); with
+ * the reply; with FOORPC_RESULT_TIMEOUT when none came in time (a request
+ * not all written by then is still written whole, and its late reply
+ * ignored: the connection stays usable); with
  * FOORPC_RESULT_CONNECTION_LOST when the connection fails; with
  * FOORPC_RESULT_CLOSED when the client is closed or freed first. One
  * exception: a reply the I/O thread has read but not yet handed to the
@@ -678,9 +677,10 @@ foorpc_result foorpc_client_call_async(const struct foorpc_client *client,
  * not retained), no reply. Queues it and returns at once, without waiting
  * for the server to read it: what the socket does not take at once is
  * written by foorpc's client I/O thread, as for foorpc_client_call_async.
- * It may still be lost if the connection fails; bytes the server never
- * reads stay queued until the connection closes (foorpc_client_close and
- * foorpc_client_free do not wait for them, and drop them).
+ * It may still be lost if the connection fails. What is queued is still
+ * written after foorpc_client_close or foorpc_client_free, which return at
+ * once: the I/O thread goes on writing for up to 10 s while the server does
+ * not read, then shuts the socket.
  * Errors (nothing is sent): FOORPC_RESULT_INVALID_MSGPACK,
  * FOORPC_RESULT_LIMIT_EXCEEDED (as for foorpc_client_call_async),
  * FOORPC_RESULT_CLOSED, FOORPC_RESULT_CONNECTION_LOST. Thread-safe;
@@ -693,7 +693,10 @@ foorpc_result foorpc_client_notify(const struct foorpc_client *client,
 
 /**
  * Closes the connection: calls still waiting fail with FOORPC_RESULT_CLOSED
- * (their callbacks run), and later calls fail at once. The client stays
+ * (their callbacks run), and later calls fail at once. It returns at once;
+ * notifications and requests already queued (that the socket had no room
+ * for) are still written by the I/O thread for up to 10 s while the server
+ * does not read, as the kernel writes a closed socket's buffer. The client stays
  * allocated: free it with foorpc_client_free. NULL is fine; calling it twice
  * is fine. Thread-safe.
  */
@@ -1028,8 +1031,11 @@ foorpc_result foorpc_peer_notify(const struct foorpc_peer *peer,
 
 /**
  * Closes the connection now, without waiting: calls still pending on it
- * (in both directions) fail with FOORPC_RESULT_CLOSED, and replies not yet
- * sent are discarded. To close instead of answering a request, close
+ * (in both directions) fail with FOORPC_RESULT_CLOSED, and replies of
+ * handlers still running are discarded. What was already queued for the
+ * peer (a large reply it has not read yet) is still written by the I/O
+ * thread, for up to 10 s while the peer does not read, before the socket
+ * is shut. To close instead of answering a request, close
  * first, then free the responder (its error reply goes nowhere). A server
  * goes on serving its other connections; closing a client's connection
  * this way is like foorpc_client_close. NULL is fine; calling it twice is

@@ -260,6 +260,10 @@ pub(crate) struct Conn {
     draining: AtomicBool,
     /// Why, and when the connection closes at the latest.
     drain: Mutex<Option<(Error, Instant)>>,
+    /// Closed by its owner, with bytes still queued: those are written, but
+    /// nothing more is queued and no reply is waited for
+    /// ([`Conn::close_gracefully`]).
+    sealed: AtomicBool,
     pending: Mutex<Pending>,
     /// Its owner is gone: the connection closes once no call of ours is
     /// pending (see [`Conn::close_when_calls_done`]).
@@ -322,6 +326,7 @@ impl Conn {
             deferred_left: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain: Mutex::new(None),
+            sealed: AtomicBool::new(false),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
                 spliced: VecDeque::new(),
@@ -535,7 +540,7 @@ impl Conn {
         queue: impl FnOnce(&mut WriteState),
     ) -> Result<()> {
         let mut w = lock(&self.write);
-        if self.is_closed() {
+        if self.is_closed() || self.sealed.load(Ordering::Acquire) {
             drop(w);
             return Err(self.closed_error());
         }
@@ -1261,10 +1266,10 @@ impl Conn {
         if !self.draining.load(Ordering::SeqCst) {
             return false;
         }
-        if self.in_flight.load(Ordering::SeqCst) > 0
-            || self.deferred_left.load(Ordering::SeqCst)
-            || lock(&self.write).pending()
-        {
+        let owes_replies = !self.sealed.load(Ordering::SeqCst)
+            && (self.in_flight.load(Ordering::SeqCst) > 0
+                || self.deferred_left.load(Ordering::SeqCst));
+        if owes_replies || lock(&self.write).pending() {
             return false;
         }
         let reason = lock(&self.drain).as_ref().map(|(e, _)| e.clone());
@@ -1573,14 +1578,15 @@ impl Conn {
     }
 
     /// Closes at the owner's request: calls in flight fail with
-    /// [`Error::Closed`] at once, and no more can be made, but what was
-    /// already queued for the peer (a notification the socket had no room
-    /// for, say) is still written by the I/O thread, as the kernel still
-    /// sends a closed socket's buffer, for up to [`DRAIN_LIMIT`]; then the
-    /// socket is shut.
+    /// [`Error::Closed`] at once, nothing more is read or queued (a reply
+    /// of a handler still running goes nowhere), but what was already queued
+    /// for the peer (a notification the socket had no room for, say) is
+    /// still written by the I/O thread, as the kernel still sends a closed
+    /// socket's buffer, for up to [`DRAIN_LIMIT`]; then the socket is shut.
     pub(crate) fn close_gracefully(self: &Arc<Self>) {
         let writes_on = self.reactor.get().is_some() && self.fork_generation == fork::generation();
         if writes_on && self.wants_write() {
+            self.sealed.store(true, Ordering::SeqCst);
             return self.close_after_replies(Error::Closed);
         }
         self.close(Error::Closed);

@@ -328,7 +328,8 @@ fn notify_to_a_peer_that_does_not_read_is_written_as_it_reads() {
 
 /// Closing (or dropping) a client returns at once, but what it had queued
 /// is still written, as a closed socket's buffer is: a peer that reads late
-/// gets every message whole, then the end of the stream.
+/// gets every message whole, then the end of the stream. Nothing sent after
+/// the close is queued.
 #[test]
 fn what_was_queued_before_close_still_reaches_a_peer_that_reads_late() {
     for close in [Peer::close as fn(&Peer), |_: &Peer| {}] {
@@ -336,11 +337,12 @@ fn what_was_queued_before_close_still_reaches_a_peer_that_reads_late() {
         client.notify("n", &[]).unwrap();
         client.notify("m", &big_params()).unwrap();
         let handle = client.peer().clone();
-        returns_promptly("closing the client", move || {
+        let late = returns_promptly("closing the client", move || {
             close(&handle);
             drop(client);
-            handle
+            handle.notify("late", &[])
         });
+        assert!(matches!(late, Err(Error::Closed)), "{late:?}");
         peer.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut all = Vec::new();
         std::io::Read::read_to_end(&mut peer, &mut all).expect("the stream did not end");

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use foorpc::{Client, Error, Execution, Limits, Router, Server, Value};
+use foorpc::{Client, Error, Execution, Limits, Message, Router, Server, Value};
 
 /// calc_router plus `block`: reports that it started, then answers once the gate opens.
 fn blocking_router(gate: &Gate) -> (Router, mpsc::Receiver<()>) {
@@ -1111,4 +1111,40 @@ fn ordered_handlers_keep_arrival_order_without_holding_up_the_server() {
         .filter(|v| *v <= 100)
         .collect();
     assert_eq!(a_order, (0..=100).collect::<Vec<i64>>());
+}
+
+/// A handler that closes its connection (`Peer::close`) while a large reply
+/// waits for the peer to read it: that reply is still written whole, then
+/// the connection ends, without waiting for the handlers still running on
+/// it (their replies go nowhere).
+#[test]
+fn closing_a_peer_writes_what_was_queued_and_waits_for_no_handler() {
+    const BLOB: usize = 24 << 20;
+    let gate = Gate::new();
+    let mut router = calc_router();
+    router.method_inline("blob", |_| Ok(Value::Binary(vec![5; BLOB])));
+    let g = gate.clone();
+    router.register("block", Execution::Pool, move |req| {
+        g.wait(Duration::from_secs(20));
+        req.responder.ok(Value::from("late"));
+    });
+    router.notification("bye", Execution::Inline, |n| n.peer.close());
+    let server = start_tcp(router);
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    let mut out = request_bytes(1, "block", &[]);
+    out.extend(request_bytes(2, "blob", &[]));
+    foorpc::codec::encode_notification(&mut out, "bye", &[]);
+    raw.send(&out);
+    thread::sleep(Duration::from_millis(200)); // the blob's reply waits, queued
+    match raw.read_msg(PROMPT) {
+        Read1::Msg(Message::Response {
+            msgid: 2,
+            result: Value::Binary(b),
+            ..
+        }) => assert_eq!(b.len(), BLOB),
+        other => panic!("expected the blob's reply, got {other:?}"),
+    }
+    let end = raw.read_msg(PROMPT);
+    assert!(matches!(end, Read1::Closed), "{end:?}");
+    gate.open();
 }

@@ -260,8 +260,8 @@ pub extern "C" fn foorpc_client_connect_with(
 /// by default 64 MiB, 256 MiB once decoded at 40 bytes per value,
 /// arrays/maps nested 128 deep counting the request and params arrays;
 /// nothing is sent and the connection stays open),
-/// FOORPC_RESULT_TIMEOUT (if by then the server had not read all of the
-/// request, the connection is closed too: part of it may be on the wire),
+/// FOORPC_RESULT_TIMEOUT (if this thread was still writing the request
+/// then, the connection is closed too: part of it may be on the wire),
 /// FOORPC_RESULT_CONNECTION_LOST,
 /// FOORPC_RESULT_CLOSED, FOORPC_RESULT_USAGE (called from an inline handler
 /// or a callback on foorpc's I/O thread, or from a callback that runs on a
@@ -293,10 +293,9 @@ pub extern "C" fn foorpc_client_call(
 /// wait for the reply, writing the request included (0: the default, 30 s).
 ///
 /// When it returns FOORPC_RESULT_OK the callback runs exactly once: with
-/// the reply; with FOORPC_RESULT_TIMEOUT when none came in time (if by then
-/// the server had not read all of the request, the connection is closed
-/// too, since part of it may be on the wire: the other calls pending on it
-/// end with FOORPC_RESULT_CONNECTION_LOST); with
+/// the reply; with FOORPC_RESULT_TIMEOUT when none came in time (a request
+/// not all written by then is still written whole, and its late reply
+/// ignored: the connection stays usable); with
 /// FOORPC_RESULT_CONNECTION_LOST when the connection fails; with
 /// FOORPC_RESULT_CLOSED when the client is closed or freed first. One
 /// exception: a reply the I/O thread has read but not yet handed to the
@@ -341,9 +340,10 @@ pub extern "C" fn foorpc_client_call_async(
 /// not retained), no reply. Queues it and returns at once, without waiting
 /// for the server to read it: what the socket does not take at once is
 /// written by foorpc's client I/O thread, as for foorpc_client_call_async.
-/// It may still be lost if the connection fails; bytes the server never
-/// reads stay queued until the connection closes (foorpc_client_close and
-/// foorpc_client_free do not wait for them, and drop them).
+/// It may still be lost if the connection fails. What is queued is still
+/// written after foorpc_client_close or foorpc_client_free, which return at
+/// once: the I/O thread goes on writing for up to 10 s while the server does
+/// not read, then shuts the socket.
 /// Errors (nothing is sent): FOORPC_RESULT_INVALID_MSGPACK,
 /// FOORPC_RESULT_LIMIT_EXCEEDED (as for foorpc_client_call_async),
 /// FOORPC_RESULT_CLOSED, FOORPC_RESULT_CONNECTION_LOST. Thread-safe;
@@ -362,7 +362,10 @@ pub extern "C" fn foorpc_client_notify(
 }
 
 /// Closes the connection: calls still waiting fail with FOORPC_RESULT_CLOSED
-/// (their callbacks run), and later calls fail at once. The client stays
+/// (their callbacks run), and later calls fail at once. It returns at once;
+/// notifications and requests already queued (that the socket had no room
+/// for) are still written by the I/O thread for up to 10 s while the server
+/// does not read, as the kernel writes a closed socket's buffer. The client stays
 /// allocated: free it with foorpc_client_free. NULL is fine; calling it twice
 /// is fine. Thread-safe.
 #[no_mangle]

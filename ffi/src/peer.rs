@@ -290,8 +290,11 @@ pub extern "C" fn foorpc_peer_notify(
 }
 
 /// Closes the connection now, without waiting: calls still pending on it
-/// (in both directions) fail with FOORPC_RESULT_CLOSED, and replies not yet
-/// sent are discarded. To close instead of answering a request, close
+/// (in both directions) fail with FOORPC_RESULT_CLOSED, and replies of
+/// handlers still running are discarded. What was already queued for the
+/// peer (a large reply it has not read yet) is still written by the I/O
+/// thread, for up to 10 s while the peer does not read, before the socket
+/// is shut. To close instead of answering a request, close
 /// first, then free the responder (its error reply goes nowhere). A server
 /// goes on serving its other connections; closing a client's connection
 /// this way is like foorpc_client_close. NULL is fine; calling it twice is
