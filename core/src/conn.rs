@@ -779,10 +779,14 @@ impl Conn {
         }
     }
 
-    /// Runs `job` on the worker pool once this connection's earlier ordered
-    /// jobs have run.
-    pub(crate) fn run_in_order(&self, job: crate::pool::Job) {
-        self.serial.get_or_init(Default::default).push(job);
+    /// The queue of this connection's ordered handlers.
+    pub(crate) fn serial(&self) -> Arc<SerialQueue> {
+        self.serial.get_or_init(Default::default).clone()
+    }
+
+    /// That queue, while it has handlers waiting or running.
+    pub(crate) fn busy_serial(&self) -> Option<Arc<SerialQueue>> {
+        self.serial.get().filter(|q| !q.is_idle()).cloned()
     }
 
     /// Counts `bytes` of the peer's messages as held until the returned

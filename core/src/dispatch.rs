@@ -18,6 +18,7 @@ use crate::error::{Error, ERROR_CODE_EXCEPTION, ERROR_CODE_VALIDATION};
 use crate::fasthash::FastState;
 use crate::peer::Peer;
 use crate::pool::{Job, Pool};
+use crate::serial::SerialQueue;
 use crate::Value;
 
 /// Where a handler runs.
@@ -30,7 +31,9 @@ pub enum Execution {
     /// On the worker pool, one at a time per connection and in arrival
     /// order (as `Inline`, with each message's handler finished before the
     /// next one's starts), so it may block: a slow one holds up only the
-    /// later ordered messages of its own connection.
+    /// later messages of its own connection. A later `Pool` handler of that
+    /// connection starts once the ordered ones before it have run (an
+    /// `Inline` one does not wait).
     Ordered,
 }
 
@@ -200,9 +203,10 @@ impl Router {
             return run(handler.clone(), Execution::Inline, n);
         }
         let (handler, held) = (handler.clone(), hold());
-        let ordered_on = ordered_on(*execution, &n);
+        let serial = serial_for(*execution, &n);
         hand_off(
-            ordered_on.as_deref(),
+            *execution,
+            serial,
             Box::new(move || {
                 handler(n);
                 drop(held);
@@ -235,21 +239,31 @@ fn run<T: Incoming>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution,
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg)));
         return;
     }
-    let ordered_on = ordered_on(execution, &arg);
-    hand_off(ordered_on.as_deref(), Box::new(move || handler(arg)));
+    let serial = serial_for(execution, &arg);
+    hand_off(execution, serial, Box::new(move || handler(arg)));
 }
 
-/// The connection whose arrival order `execution` keeps, if it keeps one.
-fn ordered_on(execution: Execution, arg: &impl Incoming) -> Option<Arc<Conn>> {
-    matches!(execution, Execution::Ordered).then(|| arg.peer().conn().clone())
+/// The queue of ordered handlers of the connection `arg` came on that a
+/// handler run as `execution` must wait for: always for `Ordered`; for
+/// `Pool`, only while ordered handlers of earlier messages are still waiting
+/// or running (none at all on connections without ordered handlers).
+fn serial_for(execution: Execution, arg: &impl Incoming) -> Option<Arc<SerialQueue>> {
+    let conn = arg.peer().conn();
+    match execution {
+        Execution::Ordered => Some(conn.serial()),
+        _ => conn.busy_serial(),
+    }
 }
 
-/// Runs a handler on the worker pool: behind the connection's earlier
-/// ordered ones when it keeps their order.
-fn hand_off(ordered_on: Option<&Conn>, job: Job) {
-    match ordered_on {
-        Some(conn) => conn.run_in_order(job),
+/// Runs a handler on the worker pool, so that it starts after the ordered
+/// handlers of the messages that came before it on its connection (as an
+/// inline one would): an `Ordered` one in their queue, a `Pool` one handed
+/// to the pool by that queue once they have run.
+fn hand_off(execution: Execution, serial: Option<Arc<SerialQueue>>, job: Job) {
+    match serial {
         None => Pool::global().execute(job),
+        Some(queue) if matches!(execution, Execution::Ordered) => queue.push(job),
+        Some(queue) => queue.push(Box::new(move || Pool::global().execute(job))),
     }
 }
 

@@ -42,6 +42,11 @@ impl SerialQueue {
         }
     }
 
+    /// No job waits or runs.
+    pub(crate) fn is_idle(&self) -> bool {
+        !lock(&self.state).scheduled
+    }
+
     fn schedule(self: &Arc<Self>) {
         let queue = self.clone();
         Pool::global().execute(Box::new(move || queue.run_turn()));

@@ -1148,3 +1148,49 @@ fn closing_a_peer_writes_what_was_queued_and_waits_for_no_handler() {
     assert!(matches!(end, Read1::Closed), "{end:?}");
     gate.open();
 }
+
+/// A `Pool` handler starts only once the `Ordered` handlers of the messages
+/// that came before it on its connection have run, as if those were
+/// inline: a peer that notifies, then asks, finds its notifications handled.
+#[test]
+fn a_pool_handler_starts_after_the_ordered_handlers_before_it() {
+    let gate = Gate::new();
+    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut router = calc_router();
+    {
+        let (g, seen) = (gate.clone(), seen.clone());
+        router.notification("note", Execution::Ordered, move |n| {
+            let v = n.params[0].as_i64().expect("an int");
+            if v == 0 {
+                g.wait(Duration::from_secs(20));
+            }
+            seen.lock().unwrap().push(v);
+        });
+    }
+    {
+        let seen = seen.clone();
+        router.method("seen", move |_| {
+            let v = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&v| Value::from(v))
+                .collect();
+            Ok(Value::Array(v))
+        });
+    }
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    for i in 0..10 {
+        client.notify("note", &[Value::from(i)]).unwrap();
+    }
+    let mut asked = client.call_async("seen", &[], CALL).unwrap();
+    assert!(
+        asked.wait_for(Duration::from_millis(200)).is_none(),
+        "answered before the notifications before it were handled"
+    );
+    gate.open();
+    let got = asked.wait_for(PROMPT).expect("no reply").unwrap();
+    let all: Vec<Value> = (0..10).map(Value::from).collect();
+    assert_eq!(got, Value::Array(all));
+}

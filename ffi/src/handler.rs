@@ -19,6 +19,8 @@ use crate::server::foorpc_responder;
 /// the handler on foorpc's worker pool (the default, 0). It may block
 /// (including blocking calls back to the peer with foorpc_peer_call);
 /// handlers of concurrent requests run at the same time on different threads.
+/// On a connection with FOORPC_HANDLER_ORDERED handlers, it starts once the
+/// ordered handlers of the messages before it have returned.
 /// A server reads no more from a peer whose requests waiting on handlers
 /// (answered or not by handlers that keep their responder) and pool
 /// notifications add up to more than 16 MiB, until they are down to half.
@@ -42,9 +44,11 @@ pub const FOORPC_HANDLER_INLINE: u32 = 1;
 /// (request or notification, whatever its method) starts once the handlers
 /// of that connection's earlier ORDERED messages have returned. It may block
 /// (including blocking calls back to the peer with foorpc_peer_call): a slow
-/// one holds up only its own connection's later ORDERED messages, never the
-/// I/O thread, other connections, or the same connection's POOL and INLINE
-/// handlers. It may run on any pool thread, not always the same one, but
+/// one holds up only its own connection's later messages whose handlers are
+/// ORDERED or POOL (a POOL handler starts once the ORDERED handlers of the
+/// messages before it have returned, so that it sees their effects as it
+/// would an INLINE handler's), never the I/O thread, other connections, or
+/// INLINE handlers. It may run on any pool thread, not always the same one, but
 /// never two of one connection at once; handlers of different connections
 /// run at the same time. The order is that of the handlers' runs: a request
 /// handler that keeps its responder to answer later lets the next message

@@ -1496,7 +1496,8 @@ static void test_params_limits(void) {
 /* FOORPC_HANDLER_ORDERED: one connection's ORDERED messages (notifications
  * and requests) are handled one at a time in arrival order, on the pool; a
  * handler that blocks holds up only its own connection's later ORDERED
- * messages: not other connections, nor that connection's pool and inline
+ * messages, and its POOL ones (which start once the ORDERED ones before
+ * them have run): not other connections, nor that connection's inline
  * handlers, nor the I/O thread. Ordered handlers record the value they get;
  * the one given 0 waits for the test to open the gate (for 20 s at most). */
 
@@ -1668,15 +1669,16 @@ static void test_ordered(const char *bind_address) {
         if (i == 24) OK(send_one(a, "orecord", 100, &wt));
     }
     OK(send_one(a, "orecord", 101, &wt));
+    /* A POOL call after them starts only once they have run. */
+    OK(foorpc_client_call_async(a, "add", (const uint8_t *)"\x92\x01\x02", 3, 30000, on_done, &wt));
     CHECK(ord_wait(&ord.blocked, 1, 10000));
 
-    /* Meanwhile B's ordered messages are handled, in order, and A's pool and inline calls. */
+    /* Meanwhile B's ordered messages are handled, in order, B's pool calls and A's inline ones. */
     for (int i = 1000; i < 1010; i++) OK(send_one(b, "onote", i, NULL));
     CHECK(foorpc_client_call(b, "orecord", (const uint8_t *)"\x91\xcd\x07\xd0", 4, 5000, &res) ==
               FOORPC_RESULT_OK &&
           buf_int(res) == 2000);
     foorpc_buf_free(res);
-    CHECK(adds_up(a, "add"));
     CHECK(adds_up(a, "add_inline"));
     CHECK(adds_up(b, "add"));
     n = 0;
@@ -1684,12 +1686,12 @@ static void test_ordered(const char *bind_address) {
     want[n++] = 2000;
     k = ord_values(0, ORD_MAX * 100, got, ORD_MAX); /* everything recorded so far: B's only */
     CHECK(values_are(got, k, want, n));
-    CHECK(wait_calls(&wt, 0, 0) == 0); /* A's ordered requests wait behind onote(0) */
+    CHECK(wait_calls(&wt, 0, 0) == 0); /* A's ordered and pool requests wait behind onote(0) */
 
     /* Released: A's messages were handled in arrival order. */
     ord_open();
-    CHECK(wait_calls(&wt, 2, 20000) == 2);
-    CHECK(wt.ok_sum == 201 && wt.remote_errors == 0 && wt.other_errors == 0);
+    CHECK(wait_calls(&wt, 3, 20000) == 3);
+    CHECK(wt.ok_sum == 204 && wt.remote_errors == 0 && wt.other_errors == 0);
     n = 0;
     for (int i = 0; i < 50; i++) {
         want[n++] = i;

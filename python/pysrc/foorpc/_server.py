@@ -132,9 +132,11 @@ class Server:
 
     def notification(self, name: Union[str, F, None] = None) -> Union[F, Callable[[F], F]]:
         """Decorator registering a notification handler. Plain functions run on
-        the worker pool, one at a time per connection in arrival order (a slow
-        one holds up only its own connection's later notifications);
-        ``async def`` ones are started on the loop in arrival order."""
+        the worker pool, one at a time per connection in arrival order; a
+        plain method handler called after them starts once they have run (a
+        slow one holds up only its own connection's later notifications and
+        plain calls). ``async def`` ones are started on the loop in arrival
+        order."""
         if callable(name):
             return self.add_notification(name.__name__, name)
 
