@@ -1054,25 +1054,30 @@ fn client_notifications_arrive_in_order() {
     assert!(eventually(PROMPT, || pooled.load(Ordering::SeqCst) == 100));
 }
 
+/// calc_router plus `note(v)`, an ordered notification handler that records
+/// `v` in the returned log; the one given 0 first waits for the gate.
+fn ordered_note_router() -> (Gate, Arc<Mutex<Vec<i64>>>, Router) {
+    let gate = Gate::new();
+    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut router = calc_router();
+    let (g, log) = (gate.clone(), seen.clone());
+    router.notification("note", Execution::Ordered, move |n| {
+        let v = n.params[0].as_i64().expect("an int");
+        if v == 0 {
+            g.wait(Duration::from_secs(20));
+        }
+        log.lock().unwrap().push(v);
+    });
+    (gate, seen, router)
+}
+
 /// `Execution::Ordered` handlers run off the I/O thread, one at a time per
 /// connection and in arrival order: a slow one holds up only the later
 /// ordered messages of its own connection. Inline calls on that connection,
 /// and another connection's ordered work, go on meanwhile.
 #[test]
 fn ordered_handlers_keep_arrival_order_without_holding_up_the_server() {
-    let gate = Gate::new();
-    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let mut router = calc_router();
-    {
-        let (g, seen) = (gate.clone(), seen.clone());
-        router.notification("note", Execution::Ordered, move |n| {
-            let v = n.params[0].as_i64().expect("an int");
-            if v == 0 {
-                g.wait(Duration::from_secs(20));
-            }
-            seen.lock().unwrap().push(v);
-        });
-    }
+    let (gate, seen, mut router) = ordered_note_router();
     {
         let seen = seen.clone();
         router.register("record", Execution::Ordered, move |req| {
@@ -1154,19 +1159,7 @@ fn closing_a_peer_writes_what_was_queued_and_waits_for_no_handler() {
 /// inline: a peer that notifies, then asks, finds its notifications handled.
 #[test]
 fn a_pool_handler_starts_after_the_ordered_handlers_before_it() {
-    let gate = Gate::new();
-    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let mut router = calc_router();
-    {
-        let (g, seen) = (gate.clone(), seen.clone());
-        router.notification("note", Execution::Ordered, move |n| {
-            let v = n.params[0].as_i64().expect("an int");
-            if v == 0 {
-                g.wait(Duration::from_secs(20));
-            }
-            seen.lock().unwrap().push(v);
-        });
-    }
+    let (gate, seen, mut router) = ordered_note_router();
     {
         let seen = seen.clone();
         router.method("seen", move |_| {
