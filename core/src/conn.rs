@@ -172,8 +172,16 @@ impl WriteState {
 
     /// Bytes queued and not yet written.
     fn backlog(&self) -> usize {
-        let spliced: usize = self.spliced.iter().map(|s| s.data.len() - s.done).sum();
-        self.buf.len() - self.pos + spliced
+        let queued = self.buf.len() - self.pos;
+        if self.spliced.is_empty() {
+            return queued; // the common case: no walk over an empty deque
+        }
+        queued
+            + self
+                .spliced
+                .iter()
+                .map(|s| s.data.len() - s.done)
+                .sum::<usize>()
     }
 
     /// The unwritten bytes, in stream order (up to 64 pieces at a time).
@@ -577,9 +585,12 @@ impl Conn {
     /// them (one message may exceed it). A loop-driven connection is
     /// flushed by its event loop, which bounds what it queues itself.
     fn check_backlog(&self, w: &WriteState) -> Result<()> {
+        if self.is_loop_driven() {
+            return Ok(());
+        }
         let limit = self.config.limits.max_write_backlog;
         let backlog = w.backlog();
-        if backlog > limit && !self.is_loop_driven() {
+        if backlog > limit {
             return Err(Error::LimitExceeded(format!(
                 "{backlog} bytes already wait for the peer to read them \
                  (max_write_backlog is {limit})"
