@@ -1607,6 +1607,18 @@ impl Conn {
         self.close(Error::Closed);
     }
 
+    pub(crate) fn visit_pending<T: 'static>(&self, f: impl FnMut(&T)) {
+        if let Ok(pending) = self.pending.try_lock() {
+            pending.visit_callbacks(f);
+        }
+    }
+
+    pub(crate) fn forget_pending(self: &Arc<Self>) {
+        let forgotten = lock(&self.pending).forget_all();
+        drop(forgotten); // with their callbacks, outside the lock
+        self.close_if_calls_done();
+    }
+
     pub(crate) fn pending_calls(&self) -> usize {
         lock(&self.pending).len()
     }

@@ -15,7 +15,7 @@ use crate::conn::{Conn, Flush};
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::pending::CallSlot;
+use crate::pending::{CallSlot, Callback, ClosureCompletion, DataCompletion};
 use crate::reactor::ReactorHandle;
 use crate::Value;
 
@@ -289,6 +289,23 @@ impl Peer {
         self.conn.pending_calls()
     }
 
+    /// Shows `f` the data of each pending call of this connection whose
+    /// completion was given with [`PendingCall::on_complete_with`] and data
+    /// of type `T`: for a binding's garbage collector (Python's
+    /// `tp_traverse`). Never waits: it sees nothing while another thread
+    /// holds the table of pending calls.
+    pub fn visit_pending<T: 'static>(&self, f: impl FnMut(&T)) {
+        self.conn.visit_pending(f);
+    }
+
+    /// Forgets every pending call without completing it: no callback runs
+    /// (each is dropped, with what it holds), and late replies are ignored.
+    /// For a binding's garbage collector, once the calls' owners are
+    /// garbage (Python's `tp_clear`).
+    pub fn forget_pending(&self) {
+        self.conn.forget_pending();
+    }
+
     /// Hands this connection's I/O to the program's own event loop (asyncio,
     /// libuv, epoll...), which from then on must:
     /// - call [`Peer::read_ready`] when [`Peer::fd`] is readable, and again
@@ -445,13 +462,25 @@ impl PendingCall {
     /// received it (or right here if it is already known). `f` must be quick.
     /// If `f` panics on the I/O thread, the panic is reported by the panic
     /// hook and goes no further: the connection and its other calls go on.
-    pub fn on_complete(mut self, f: impl FnOnce(Result<Value>) + Send + 'static) {
+    pub fn on_complete(self, f: impl FnOnce(Result<Value>) + Send + 'static) {
+        self.complete_by(Box::new(ClosureCompletion(f)));
+    }
+
+    /// [`PendingCall::on_complete`] with `run(data, outcome)`, where `data`
+    /// stays visible to [`Peer::visit_pending`] while the call is pending:
+    /// for a language binding whose garbage collector must see what pending
+    /// calls hold.
+    pub fn on_complete_with<T: Send + 'static>(self, data: T, run: fn(T, Result<Value>)) {
+        self.complete_by(Box::new(DataCompletion { data, run }));
+    }
+
+    fn complete_by(mut self, completion: Callback) {
         self.finished = true;
         if let Err(e) = self.drive_in_background() {
             self.conn.cancel(self.msgid);
-            return f(Err(e));
+            return completion.complete(Err(e));
         }
-        self.slot.set_callback(Box::new(f));
+        self.slot.set_callback(completion);
     }
 
     /// Makes sure some thread reads the reply and enforces the deadline even

@@ -3,6 +3,7 @@
 //! A [`CallSlot`] is where a reply lands. It wakes whoever waits on it: a thread
 //! blocked in a synchronous call, a `Future`'s waker, or a completion callback.
 
+use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -14,7 +15,45 @@ use crate::fasthash::FastState;
 use crate::Value;
 
 /// A completion callback; runs once, on the thread that completes the call.
-pub(crate) type Callback = Box<dyn FnOnce(Result<Value>) + Send>;
+pub(crate) type Callback = Box<dyn Completion>;
+
+/// What a completion callback holds, and how it runs.
+pub(crate) trait Completion: Send {
+    fn complete(self: Box<Self>, outcome: Result<Value>);
+    /// What the callback holds, for [`Pending::visit_callbacks`] (`()` for
+    /// a plain closure).
+    fn data(&self) -> &dyn Any;
+}
+
+/// A plain closure as a completion: it shows nothing of what it holds.
+pub(crate) struct ClosureCompletion<F>(pub F);
+
+impl<F: FnOnce(Result<Value>) + Send> Completion for ClosureCompletion<F> {
+    fn complete(self: Box<Self>, outcome: Result<Value>) {
+        (self.0)(outcome)
+    }
+
+    fn data(&self) -> &dyn Any {
+        &()
+    }
+}
+
+/// A completion that keeps its data where [`Pending::visit_callbacks`]
+/// can see it, and hands it to `run` with the outcome.
+pub(crate) struct DataCompletion<T> {
+    pub data: T,
+    pub run: fn(T, Result<Value>),
+}
+
+impl<T: Send + 'static> Completion for DataCompletion<T> {
+    fn complete(self: Box<Self>, outcome: Result<Value>) {
+        (self.run)(self.data, outcome)
+    }
+
+    fn data(&self) -> &dyn Any {
+        &self.data
+    }
+}
 
 enum Outcome {
     Waiting,
@@ -92,7 +131,7 @@ impl CallSlot {
             // in the middle of a batch: a panic must not unwind through the
             // reader (leaving its lock poisoned and the rest of the batch
             // undelivered). The panic hook has reported it already.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(result)));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.complete(result)));
             return;
         }
         st.outcome = Outcome::Ready(result);
@@ -193,7 +232,7 @@ impl CallSlot {
         match std::mem::replace(&mut st.outcome, Outcome::Taken) {
             Outcome::Ready(r) => {
                 drop(st);
-                cb(r);
+                cb.complete(r);
             }
             Outcome::Waiting => {
                 st.outcome = Outcome::Waiting;
@@ -313,6 +352,26 @@ impl Pending {
         self.calls.drain().map(|(_, s)| s).collect()
     }
 
+    /// Shows `f` the data of each pending call's completion callback of
+    /// type `T`. Never waits: a call whose slot is locked right now is
+    /// skipped.
+    pub(crate) fn visit_callbacks<T: 'static>(&self, mut f: impl FnMut(&T)) {
+        for slot in self.calls.values() {
+            if let Ok(st) = slot.state.try_lock() {
+                if let Some(data) = st.callback.as_ref().and_then(|cb| cb.data().downcast_ref()) {
+                    f(data);
+                }
+            }
+        }
+    }
+
+    /// Forgets every pending call without completing it: their callbacks
+    /// are dropped unrun, and late replies are ignored.
+    pub(crate) fn forget_all(&mut self) -> Vec<Arc<CallSlot>> {
+        self.deadlines.clear();
+        self.calls.drain().map(|(_, s)| s).collect()
+    }
+
     pub(crate) fn closed_reason(&self) -> Option<Error> {
         self.closed.clone()
     }
@@ -420,7 +479,9 @@ mod tests {
 
         let s = CallSlot::new(None, false);
         let (tx, rx) = std::sync::mpsc::channel();
-        s.set_callback(Box::new(move |r| tx.send(r.unwrap()).unwrap()));
+        s.set_callback(Box::new(ClosureCompletion(move |r: Result<Value>| {
+            tx.send(r.unwrap()).unwrap()
+        })));
         s.complete(Ok(Value::from(7)));
         assert_eq!(rx.recv().unwrap(), Value::from(7));
     }

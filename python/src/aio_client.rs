@@ -21,7 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::aio_future::{start_call, CallFuture, Completions};
+use crate::aio_future::{start_call, CallFuture, Completions, PendingHeld};
 use crate::client::{notify, timeout_arg, Connection};
 use crate::cmethod::{add_fastcall, is_name, FastArgs, FastMethod};
 use crate::convert;
@@ -258,6 +258,12 @@ impl LoopDriver {
         drained.and(uncorked)
     }
 
+    /// This driver's loop reads the socket: then the loop reaches the
+    /// connection's pending calls through this driver alone.
+    fn owns_pending_calls(&self) -> bool {
+        self.reads.load(Ordering::Acquire) && !self.detached.load(Ordering::Acquire)
+    }
+
     /// Stops watching the socket (the connection is closed or moves to another loop).
     fn detach(this: &Bound<'_, LoopDriver>) {
         let d = this.get();
@@ -287,12 +293,27 @@ impl LoopDriver {
 #[pymethods]
 impl LoopDriver {
     /// For Python's cycle collector: the armed timer's handle holds this
-    /// driver's `_on_timer`, and this driver holds the handle.
+    /// driver's `_on_timer`, and this driver holds the handle. A driver that
+    /// reads the socket for its loop also owns the connection's pending
+    /// calls (their futures and completion queue): the loop reaches them
+    /// only through it, so a loop closed with calls pending, whose tasks
+    /// refer to the client, leaves a cycle the collector can free. (With
+    /// foorpc's I/O thread reading, that thread holds them instead.)
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.completions)?;
         if let Ok(t) = self.timer.try_lock() {
             visit.call(&t.handle)?;
+        }
+        if self.owns_pending_calls() {
+            let mut visited = Ok(());
+            self.peer
+                .visit_pending::<PendingHeld>(|(fut, completions)| {
+                    if visited.is_ok() {
+                        visited = visit.call(fut).and_then(|()| visit.call(completions));
+                    }
+                });
+            visited?;
         }
         Ok(())
     }
@@ -300,6 +321,9 @@ impl LoopDriver {
     fn __clear__(&self) {
         let handle = lock(&self.timer).handle.take();
         drop(handle);
+        if self.owns_pending_calls() {
+            self.peer.forget_pending();
+        }
     }
 
     fn _uncork(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -516,6 +540,21 @@ fn in_another_loop() -> PyErr {
 
 #[pymethods]
 impl AsyncClient {
+    /// For Python's cycle collector: the client holds its loop driver,
+    /// which holds the calls it reads replies for (see
+    /// `LoopDriver::__traverse__`), whose tasks may hold the client.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(driver) = self.driver.try_lock() {
+            visit.call(&*driver)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let driver = lock(&self.driver).take();
+        drop(driver);
+    }
+
     #[new]
     #[pyo3(
         signature = (address, *, connect_timeout = 10.0, timeout = Some(30.0), handlers = None, notification_handlers = None, limits = None),

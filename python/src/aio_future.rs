@@ -675,6 +675,11 @@ impl Completions {
     }
 }
 
+/// What a pending asyncio call's completion holds (see
+/// `LoopDriver::__traverse__`): its future, and the queue it is delivered
+/// through.
+pub type PendingHeld = (Py<CallFuture>, Py<Completions>);
+
 /// Starts `method(*params)` on `peer`, the params encoded as a MessagePack
 /// array by `encode_params`; returns the future its outcome resolves through
 /// `completions` (which belongs to `event_loop`), and the call's deadline.
@@ -697,7 +702,9 @@ pub fn start_call(
         CallFuture::new(event_loop.clone_ref(py), Some(pending.canceller())),
     )?;
     let deadline = pending.deadline();
-    let (target, completions) = (fut.clone_ref(py), completions.clone_ref(py));
-    pending.on_complete(move |outcome| Completions::push(&completions, (target, outcome)));
+    let held = (fut.clone_ref(py), completions.clone_ref(py));
+    pending.on_complete_with(held, |(target, completions), outcome| {
+        Completions::push(&completions, (target, outcome))
+    });
     Ok((fut, deadline))
 }

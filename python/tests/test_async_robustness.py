@@ -1227,24 +1227,43 @@ def test_no_leak_after_close(raw: RawServer, mode: str) -> None:
     assert fds() <= fds_before
 
 
-@pytest.mark.parametrize(
-    "holder",
-    [
-        # Known limitation: a call in flight is held by the connection's
-        # table of pending calls, which Python's cycle collector cannot see.
-        # A loop closed without cancelling its tasks, and never followed by
-        # the client's close, keeps the client until the process ends.
-        # (Making the table visible costs about 2.4% per asyncio call.)
-        pytest.param("task", marks=pytest.mark.xfail(strict=True, reason="pending calls are invisible to gc")),
-        pytest.param("callback", marks=pytest.mark.xfail(strict=True, reason="pending calls are invisible to gc")),
-        "callback-then-close",
-    ],
-)
-def test_loop_closed_with_calls_pending_frees_everything(raw: RawServer, mode: str, holder: str) -> None:
+def test_collecting_while_a_lone_task_waits_frees_nothing(raw: RawServer, mode: str) -> None:
+    """The collector runs while a task that alone refers to its client
+    waits for a call, with no other reference to the task: the running loop
+    still reaches the call, the task and the client, so nothing is freed
+    and the reply arrives."""
+
+    async def main() -> None:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def lonely() -> Any:
+            return await make_client(raw.address, mode, timeout=10).call("late", 7, 0.3)
+
+        asyncio.ensure_future(lonely()).add_done_callback(lambda t: done.set_result(t.result()))
+        for _ in range(5):
+            collect()
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(done, 5) == 7
+
+    run(main())
+
+
+@pytest.mark.parametrize("holder", ["task", "callback", "callback-then-close"])
+def test_loop_closed_with_calls_pending_frees_everything(
+    raw: RawServer, mode: str, holder: str, request: pytest.FixtureRequest
+) -> None:
     """A loop closed while calls wait, whose tasks or callbacks refer to the
     client (a task's frame holding `self.client`, a callback that is a bound
     method): once the program drops them, the client, the loop and the
     socket must be freed, as they are with asyncio's own streams."""
+    if mode == "thread" and holder != "callback-then-close":
+        # Known limitation: with foorpc's I/O thread reading (a client with
+        # handlers), that thread holds the calls in flight, out of the cycle
+        # collector's sight. A loop closed without cancelling its tasks, and
+        # never followed by the client's close, keeps the client until the
+        # process ends. (The loop's own reader holds them otherwise, and
+        # the collector sees them through it.)
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the I/O thread's calls are invisible to gc"))
     fds_before = settle_fds(raw, mode)
     loop = asyncio.new_event_loop()
     c = make_client(raw.address, mode, timeout=None)
@@ -1278,6 +1297,10 @@ def test_loop_closed_with_calls_pending_frees_everything(raw: RawServer, mode: s
     leaked = [name for name, ref in (("client", client_ref), ("loop", loop_ref)) if ref() is not None]
     assert not leaked, f"still alive after gc: {leaked}"
     raw.wait_idle()  # the raw server's end of the connection closes too
+    # foorpc's I/O thread lets go of a closed connection on its own time.
+    deadline = time.monotonic() + 5
+    while fds() > fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert fds() <= fds_before, "the client's socket is still open"
 
 
