@@ -713,7 +713,13 @@ impl Conn {
         w.cork -= 1;
         if w.cork == 0 && w.pending() {
             drop(w);
-            let _ = self.flush_now();
+            if let Ok(true) = self.flush_now() {
+                // A connection closed while its writes were corked closes
+                // once they are out (no writable event may come to tell).
+                if self.draining.load(Ordering::Acquire) {
+                    self.close_if_drained();
+                }
+            }
         }
     }
 

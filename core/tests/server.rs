@@ -1187,3 +1187,23 @@ fn a_pool_handler_starts_after_the_ordered_handlers_before_it() {
     let all: Vec<Value> = (0..10).map(Value::from).collect();
     assert_eq!(got, Value::Array(all));
 }
+
+/// An inline handler that answers, then closes its connection: the reply,
+/// held back with the rest of its batch's writes, goes out, and then the
+/// connection ends at once (it must not wait for the drain limit).
+#[test]
+fn an_inline_handler_that_answers_then_closes_ends_the_connection() {
+    let mut router = Router::new();
+    router.register("bye", Execution::Inline, |req| {
+        let peer = req.peer.clone();
+        req.responder.ok(Value::from("bye"));
+        peer.close();
+    });
+    let server = start_tcp(router);
+    let mut raw = RawPeer::connect(&tcp_host_port(&server));
+    thread::sleep(Duration::from_millis(200)); // registered, and no event pending
+    raw.send(&request_bytes(1, "bye", &[]));
+    assert_eq!(raw.expect_response(1).1, Value::from("bye"));
+    let end = raw.read_msg(PROMPT);
+    assert!(matches!(end, Read1::Closed), "{end:?}");
+}
