@@ -32,9 +32,10 @@
  * handlers of concurrent requests run at the same time on different threads.
  * On a connection with FOORPC_HANDLER_ORDERED handlers, it starts once the
  * ordered handlers of the messages before it have returned.
- * A server reads no more from a peer whose requests waiting on handlers
- * (answered or not by handlers that keep their responder) and pool
- * notifications add up to more than 16 MiB, until they are down to half.
+ * A server, or a client with handlers, reads no more from a peer whose
+ * requests waiting on handlers (answered or not by handlers that keep their
+ * responder) and pool notifications add up to more than 16 MiB
+ * (FOORPC_LIMIT_MAX_REQUEST_BACKLOG), until they are down to half.
  */
 #define FOORPC_HANDLER_POOL 0
 
@@ -118,10 +119,10 @@
 #define FOORPC_LIMIT_MAX_WRITE_BACKLOG 6
 
 /**
- * Bytes of a peer's requests (and pool notifications) a server holds while
- * handlers work on them before it reads no more from that peer
- * (default 16 MiB; up to four times that while a handler waits for a reply
- * from that peer).
+ * Bytes of a peer's requests (and POOL and ORDERED notifications) a server,
+ * or a client with handlers, holds while handlers work on them before it
+ * reads no more from that peer (default 16 MiB; up to four times that while
+ * a call of this side waits for a reply from that peer).
  */
 #define FOORPC_LIMIT_MAX_REQUEST_BACKLOG 7
 
@@ -554,9 +555,10 @@ foorpc_result foorpc_client_options_register_notification_fallback(const struct 
  * what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
  * least 1 (UINT64_MAX: no limit; see each constant for its meaning and
  * default;
- * FOORPC_LIMIT_MAX_CONNECTIONS and FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for
- * servers and do nothing here; FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what
- * foorpc_client_call_async and foorpc_client_notify leave queued).
+ * FOORPC_LIMIT_MAX_CONNECTIONS is for servers and does nothing here;
+ * FOORPC_LIMIT_MAX_REQUEST_BACKLOG bounds what the client's handlers hold;
+ * FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what foorpc_client_call_async and
+ * foorpc_client_notify leave queued).
  * Like the handlers, the limits are copied when a client connects. Errors:
  * FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
  */

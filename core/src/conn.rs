@@ -742,25 +742,28 @@ impl Conn {
         self.resume_reads_if_relieved(true);
     }
 
-    /// A server connection whose peer leaves more than the limit of replies
-    /// unread, or has more than the limit of requests being handled, reads
-    /// no more of its messages: memory stays bounded, and the peer's own
-    /// sends block, as TCP flow control makes them. (Clients always read, so
-    /// two foorpc peers cannot both stop.)
+    /// A connection whose peer has more than the limit of its messages
+    /// being handled (requests, and notifications waiting for or running
+    /// on the worker pool), or, on a server, leaves more than the limit of
+    /// replies unread, reads no more of its messages: memory stays bounded,
+    /// and the peer's own sends block, as TCP flow control makes them. (A
+    /// client's unread requests never stop it reading: the server may be
+    /// blocked writing replies to it, and two foorpc peers must not both
+    /// stop.)
     ///
-    /// While the server waits for a reply from this peer, requests being
+    /// While this side waits for a reply from the peer, the messages being
     /// handled may reach [`CALLBACK_ALLOWANCE`] times their limit: a handler
     /// calling back must get its answer.
     fn backlog_too_large(&self) -> bool {
-        if self.config.server.is_none() {
-            return false;
-        }
-        let limits = &self.config.limits;
+        let limit = self.config.limits.max_request_backlog;
         let held = self.held.load(Ordering::SeqCst);
-        let limit = limits.max_request_backlog;
-        self.write_backlog.load(Ordering::SeqCst) > limits.max_write_backlog
-            || held > limit.saturating_mul(CALLBACK_ALLOWANCE)
-            || (held > limit && lock(&self.pending).len() == 0)
+        let holds_too_much = held > limit.saturating_mul(CALLBACK_ALLOWANCE)
+            || (held > limit && lock(&self.pending).len() == 0);
+        holds_too_much || (self.config.server.is_some() && self.unread_replies_too_many())
+    }
+
+    fn unread_replies_too_many(&self) -> bool {
+        self.write_backlog.load(Ordering::SeqCst) > self.config.limits.max_write_backlog
     }
 
     /// Resumes reading a paused connection once what paused it is down to
@@ -774,7 +777,9 @@ impl Conn {
         let limits = &self.config.limits;
         let held = self.held.load(Ordering::SeqCst);
         let limit = limits.max_request_backlog;
-        let relieved = self.write_backlog.load(Ordering::SeqCst) <= limits.max_write_backlog / 2
+        let replies_read = self.config.server.is_none()
+            || self.write_backlog.load(Ordering::SeqCst) <= limits.max_write_backlog / 2;
+        let relieved = replies_read
             && (held <= limit / 2
                 || (held <= limit.saturating_mul(CALLBACK_ALLOWANCE / 2)
                     && lock(&self.pending).len() > 0));

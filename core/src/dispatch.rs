@@ -155,7 +155,8 @@ impl Router {
 
     /// A notification handler. `Execution::Inline` and `Execution::Ordered`
     /// see a connection's notifications in arrival order (`Ordered` may
-    /// block); `Execution::Pool` runs them at once, side by side.
+    /// block); `Execution::Pool` runs them side by side (each once the
+    /// ordered handlers of the messages before it have run).
     pub fn notification(
         &mut self,
         name: &str,

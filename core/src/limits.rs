@@ -40,20 +40,25 @@ pub struct Limits {
     /// On any connection (a client's too), sends that do not wait for the
     /// socket ([`Peer::call_async`], [`Peer::notify`] and their variants)
     /// fail with [`Error::LimitExceeded`] while more than this is already
-    /// queued unwritten; one message may exceed it.
+    /// queued unwritten; one message may exceed it. Not on a connection
+    /// driven by the program's event loop ([`Peer::drive_from_event_loop`]),
+    /// whose loop writes what it queued at each pass.
+    ///
+    /// [`Peer::drive_from_event_loop`]: crate::Peer::drive_from_event_loop
     ///
     /// [`Peer::call_async`]: crate::Peer::call_async
     /// [`Peer::notify`]: crate::Peer::notify
     /// [`Error::LimitExceeded`]: crate::Error::LimitExceeded
     pub max_write_backlog: usize,
-    /// Bytes of requests a server holds for one peer while its handlers
-    /// work on them (until answered, so a handler that keeps its responder
-    /// holds its request), notifications waiting for or running on the
-    /// worker pool included; each counts its size on the wire or decoded,
-    /// whichever is larger. Above it the server reads no more of that
-    /// peer's messages until its handlers have finished down to half. One
-    /// message may exceed it. While the server waits for a reply from that
-    /// peer (a handler calling back), up to four times it is allowed.
+    /// Bytes of requests a connection (a server's, or a client's with
+    /// handlers) holds while its handlers work on them (until answered, so
+    /// a handler that keeps its responder holds its request), notifications
+    /// waiting for or running on the worker pool included; each counts its
+    /// size on the wire or decoded, whichever is larger. Above it the
+    /// connection reads no more of the peer's messages until its handlers
+    /// have finished down to half. One message may exceed it. While this
+    /// side waits for a reply from the peer (a handler calling back, or a
+    /// client's own call), up to four times it is allowed.
     ///
     /// A handler that waits for a later message from the same peer (an
     /// acknowledgment, a cancel) waits in vain while reading is stopped:

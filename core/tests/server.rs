@@ -1207,3 +1207,74 @@ fn an_inline_handler_that_answers_then_closes_ends_the_connection() {
     let end = raw.read_msg(PROMPT);
     assert!(matches!(end, Read1::Closed), "{end:?}");
 }
+
+/// A client whose ordered notification handlers fall behind stops reading
+/// once what waits for them passes `max_request_backlog` (four times that
+/// while a call of its own waits), as a server does: the server's sends then
+/// meet its write backlog, instead of the client's memory growing without
+/// bound. Nothing is lost: once the handler catches up, every notification
+/// sent is handled, in order, and the call's reply arrives.
+#[test]
+fn a_client_whose_ordered_handlers_fall_behind_stops_reading() {
+    const NOTES: i64 = 400;
+    let flooded = Arc::new(Mutex::new(None));
+    let mut router = calc_router();
+    {
+        let flooded = flooded.clone();
+        router.register("flood", Execution::Pool, move |req| {
+            let note = Value::Binary(vec![1; 64 << 10]);
+            let (mut sent, mut stalled_since) = (0, None);
+            while sent < NOTES {
+                match req.peer.notify("note", &[Value::from(sent), note.clone()]) {
+                    Ok(()) => (sent, stalled_since) = (sent + 1, None),
+                    // The client reads no more: give up after a second of it.
+                    Err(Error::LimitExceeded(_)) => {
+                        let since = *stalled_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(1) {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            *flooded.lock().unwrap() = Some(sent);
+            req.responder.ok(Value::from(sent));
+        });
+    }
+    let server_limits = Limits {
+        max_write_backlog: 1 << 20,
+        ..Limits::default()
+    };
+    let server = start_with(router, "tcp://127.0.0.1:0", server_limits);
+    let (gate, seen) = (Gate::new(), Arc::new(Mutex::new(Vec::new())));
+    let mut handlers = Router::new();
+    {
+        let (g, seen) = (gate.clone(), seen.clone());
+        handlers.notification("note", Execution::Ordered, move |n| {
+            g.wait(Duration::from_secs(20));
+            seen.lock()
+                .unwrap()
+                .push(n.params[0].as_i64().expect("an int"));
+        });
+    }
+    let client = Client::builder()
+        .router(handlers)
+        .limits(Limits {
+            max_request_backlog: 1 << 20,
+            ..Limits::default()
+        })
+        .connect(&server.local_addr().to_string())
+        .unwrap();
+    let asked = client.call_async("flood", &[], CALL).unwrap();
+    assert!(eventually(PROMPT, || flooded.lock().unwrap().is_some()));
+    let sent = flooded.lock().unwrap().unwrap();
+    assert!(
+        sent < NOTES,
+        "the client read all {sent} notifications its handler had not taken"
+    );
+    gate.open();
+    assert_eq!(asked.wait().unwrap(), Value::from(sent));
+    assert!(eventually(PROMPT, || seen.lock().unwrap().len() == sent as usize));
+    assert_eq!(*seen.lock().unwrap(), (0..sent).collect::<Vec<_>>());
+}

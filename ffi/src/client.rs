@@ -152,9 +152,10 @@ pub extern "C" fn foorpc_client_options_register_notification_fallback(
 /// what the server sends: `limit` is a FOORPC_LIMIT_* constant, `value` at
 /// least 1 (UINT64_MAX: no limit; see each constant for its meaning and
 /// default;
-/// FOORPC_LIMIT_MAX_CONNECTIONS and FOORPC_LIMIT_MAX_REQUEST_BACKLOG are for
-/// servers and do nothing here; FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what
-/// foorpc_client_call_async and foorpc_client_notify leave queued).
+/// FOORPC_LIMIT_MAX_CONNECTIONS is for servers and does nothing here;
+/// FOORPC_LIMIT_MAX_REQUEST_BACKLOG bounds what the client's handlers hold;
+/// FOORPC_LIMIT_MAX_WRITE_BACKLOG bounds what foorpc_client_call_async and
+/// foorpc_client_notify leave queued).
 /// Like the handlers, the limits are copied when a client connects. Errors:
 /// FOORPC_RESULT_INVALID_ARGUMENT (unknown limit, or 0). Any thread.
 #[no_mangle]

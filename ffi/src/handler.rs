@@ -21,9 +21,10 @@ use crate::server::foorpc_responder;
 /// handlers of concurrent requests run at the same time on different threads.
 /// On a connection with FOORPC_HANDLER_ORDERED handlers, it starts once the
 /// ordered handlers of the messages before it have returned.
-/// A server reads no more from a peer whose requests waiting on handlers
-/// (answered or not by handlers that keep their responder) and pool
-/// notifications add up to more than 16 MiB, until they are down to half.
+/// A server, or a client with handlers, reads no more from a peer whose
+/// requests waiting on handlers (answered or not by handlers that keep their
+/// responder) and pool notifications add up to more than 16 MiB
+/// (FOORPC_LIMIT_MAX_REQUEST_BACKLOG), until they are down to half.
 pub const FOORPC_HANDLER_POOL: u32 = 0;
 /// Flag for foorpc_server_register* and foorpc_client_options_register*: run
 /// the handler on the I/O thread that read the message: no thread hand-off,

@@ -28,10 +28,10 @@ pub const FOORPC_LIMIT_MAX_CONNECTIONS: u32 = 5;
 /// while more than this already waits unwritten for the peer to read it
 /// (one message may exceed it).
 pub const FOORPC_LIMIT_MAX_WRITE_BACKLOG: u32 = 6;
-/// Bytes of a peer's requests (and pool notifications) a server holds while
-/// handlers work on them before it reads no more from that peer
-/// (default 16 MiB; up to four times that while a handler waits for a reply
-/// from that peer).
+/// Bytes of a peer's requests (and POOL and ORDERED notifications) a server,
+/// or a client with handlers, holds while handlers work on them before it
+/// reads no more from that peer (default 16 MiB; up to four times that while
+/// a call of this side waits for a reply from that peer).
 pub const FOORPC_LIMIT_MAX_REQUEST_BACKLOG: u32 = 7;
 
 /// Sets limit `which` of `limits` to `value` (at least 1; a value larger
