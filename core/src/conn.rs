@@ -815,6 +815,9 @@ impl Conn {
     /// guard is dropped (a notification handed to the worker pool).
     pub(crate) fn hold(self: &Arc<Self>, bytes: usize) -> Held {
         self.held.fetch_add(bytes, Ordering::SeqCst);
+        if let Some(server) = &self.config.server {
+            server.begin_notification();
+        }
         Held {
             conn: self.clone(),
             bytes,
@@ -1644,8 +1647,9 @@ impl Drop for Conn {
     }
 }
 
-/// Bytes of a peer's message that its server connection counts as held
-/// (`Limits::max_request_backlog`) until this is dropped.
+/// Bytes of a peer's notification that its connection counts as held
+/// (`Limits::max_request_backlog`) until this is dropped, once its handler
+/// has run; on a server, a shutdown's drain waits for it too.
 pub(crate) struct Held {
     conn: Arc<Conn>,
     bytes: usize,
@@ -1654,6 +1658,9 @@ pub(crate) struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.conn.release(self.bytes);
+        if let Some(server) = &self.conn.config.server {
+            server.end_request();
+        }
     }
 }
 

@@ -53,6 +53,13 @@ impl ServerState {
         true
     }
 
+    /// Counts a notification handed to the worker pool (read before any
+    /// shutdown, so never refused): a draining shutdown waits for it too.
+    /// Ended with [`ServerState::end_request`].
+    pub(crate) fn begin_notification(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(crate) fn end_request(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && self.draining.load(Ordering::SeqCst)
@@ -249,8 +256,9 @@ impl Server {
         self.fork_generation != fork::generation()
     }
 
-    /// Shuts down gracefully: stop accepting, let in-flight calls finish (new
-    /// requests get an error reply) for up to the drain timeout, write the
+    /// Shuts down gracefully: stop accepting, let in-flight calls, and the
+    /// `Pool` and `Ordered` handlers of notifications already read, finish
+    /// (new requests get an error reply) for up to the drain timeout, write the
     /// replies left (waiting up to 1 s in all for peers that do not read
     /// them, however many), close every connection. Blocks until done; safe to
     /// call twice and from any thread. On the server's I/O thread (from an

@@ -1278,3 +1278,28 @@ fn a_client_whose_ordered_handlers_fall_behind_stops_reading() {
     assert!(eventually(PROMPT, || seen.lock().unwrap().len() == sent as usize));
     assert_eq!(*seen.lock().unwrap(), (0..sent).collect::<Vec<_>>());
 }
+
+/// A shutdown's drain waits for the handlers of notifications already read
+/// that went to the worker pool, ordered or not, as for requests.
+#[test]
+fn shutdown_waits_for_pool_and_ordered_notification_handlers() {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut router = calc_router();
+    for (name, execution) in [("ordered", Execution::Ordered), ("pooled", Execution::Pool)] {
+        let handled = handled.clone();
+        router.notification(name, execution, move |_| {
+            thread::sleep(Duration::from_millis(20));
+            handled.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    let server = start_tcp(router);
+    let client = Client::connect(&server.local_addr().to_string()).unwrap();
+    for _ in 0..10 {
+        client.notify("ordered", &[]).unwrap();
+        client.notify("pooled", &[]).unwrap();
+    }
+    // Answered inline once read: the notifications before it were read too.
+    assert_eq!(client.call::<i64>("add", (1, 2)).unwrap(), 3);
+    server.shutdown();
+    assert_eq!(handled.load(Ordering::SeqCst), 20);
+}

@@ -436,7 +436,8 @@ pub extern "C" fn foorpc_server_run(server: *mut foorpc_server) -> foorpc_result
 }
 
 /// Stops the server gracefully: stops accepting connections, lets requests
-/// being handled finish (for up to 10 s; new requests get an error reply; a
+/// being handled, and POOL and ORDERED notifications already read, finish
+/// (for up to 10 s; new requests get an error reply; a
 /// handler still holding its responder is waited for even when its
 /// connection has closed), sends their replies (waiting up to 1 s in all,
 /// however many peers do not read them), closes every connection, and wakes

@@ -399,6 +399,30 @@ def test_a_slow_notification_handler_holds_up_only_its_own_connection(server: fo
         assert got and got[0] == list(range(100, 110)) + list(range(50)), got
 
 
+def test_shutdown_waits_for_plain_notification_handlers() -> None:
+    """shutdown() returns once the handlers of notifications already read
+    have run, as it does for calls in flight."""
+    server = foorpc.Server()
+    handled: list[int] = []
+
+    @server.notification
+    def note(i: int) -> None:
+        time.sleep(0.02)
+        handled.append(i)
+
+    @server.method
+    async def ping() -> str:  # started at once, ahead of the notifications
+        return "pong"
+
+    addr = serve(server)
+    with foorpc.Client(addr) as c:
+        for i in range(10):
+            c.notify("note", i)
+        assert c.ping() == "pong"  # read after them: they were read too
+        server.shutdown()
+        assert handled == list(range(10))
+
+
 def test_notification_whose_params_cannot_become_python_values_is_logged(
     server: foorpc.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -312,7 +312,8 @@ class Server:
             raise
 
     def shutdown(self) -> None:
-        """Graceful shutdown: stop accepting, let calls in flight finish (up to
+        """Graceful shutdown: stop accepting, let calls in flight and plain
+        notification handlers of notifications already read finish (up to
         ``drain_timeout``), close connections, stop the server's own loop.
         Blocks until done. Called from one of this server's own handlers
         (plain or ``async def``), it only starts the shutdown, which goes on
