@@ -1612,11 +1612,23 @@ impl Conn {
     /// for the peer (a notification the socket had no room for, say) is
     /// still written by the I/O thread, as the kernel still sends a closed
     /// socket's buffer, for up to [`DRAIN_LIMIT`]; then the socket is shut.
+    ///
+    /// A connection driven by the program's event loop has no I/O thread to
+    /// go on writing, and its loop may not run again (a close at the end of
+    /// a program): what the socket takes at once is written, corked or not,
+    /// and the rest is dropped.
     pub(crate) fn close_gracefully(self: &Arc<Self>) {
-        let writes_on = self.reactor.get().is_some() && self.fork_generation == fork::generation();
-        if writes_on && self.wants_write() {
-            self.sealed.store(true, Ordering::SeqCst);
-            return self.close_after_replies(Error::Closed);
+        let here = self.fork_generation == fork::generation();
+        if here && self.wants_write() {
+            if self.reactor.get().is_some() {
+                self.sealed.store(true, Ordering::SeqCst);
+                return self.close_after_replies(Error::Closed);
+            }
+            if self.is_loop_driven() {
+                let mut w = lock(&self.write);
+                w.cork = 0;
+                let _ = self.flush_locked(&mut w);
+            }
         }
         self.close(Error::Closed);
     }

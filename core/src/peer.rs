@@ -229,7 +229,8 @@ impl Peer {
     /// [`Peer::call_async`] (and refused with [`Error::LimitExceeded`] the
     /// same way). What is queued is still written after [`Peer::close`] or
     /// the last [`crate::Client`] is dropped, for up to 10 s while the peer
-    /// does not read; it is lost if the connection fails.
+    /// does not read (see [`Peer::close`] for a connection driven by the
+    /// program's event loop); it is lost if the connection fails.
     pub fn notify(&self, method: &str, params: &[Value]) -> Result<()> {
         self.conn.check_usable(false)?;
         self.conn
@@ -272,7 +273,9 @@ impl Peer {
     /// no more can be made. It returns at once; what was already queued for
     /// the peer (a large notification, say) is still written by the I/O
     /// thread, as the kernel writes a closed socket's buffer, for up to 10 s
-    /// while the peer does not read, before the socket is shut.
+    /// while the peer does not read, before the socket is shut. (On a
+    /// connection driven by the program's event loop, only what the socket
+    /// takes at once is written.)
     pub fn close(&self) {
         self.conn.close_gracefully();
     }

@@ -1161,6 +1161,30 @@ def test_a_dropped_client_closes_once_its_calls_end(raw: RawServer, mode: str) -
     run(main())
 
 
+def test_a_notification_sent_right_before_close_or_drop_is_sent(mode: str) -> None:
+    """A notification is held back for the loop iteration's one write; a
+    close (``async with``) or a drop in that same iteration still sends it."""
+    server = foorpc.Server()
+    got: List[int] = []
+    server.notification("note")(got.append)
+    addr = server.bind("tcp://127.0.0.1:0")
+    server.start()
+    try:
+
+        async def main() -> None:
+            async with await connect(addr, mode) as c:
+                c.notify("note", 1)
+            c = await connect(addr, mode)
+            c.notify("note", 2)
+            del c
+            collect()
+            await wait_until(lambda: sorted(got) == [1, 2])
+
+        run(main())
+    finally:
+        server.shutdown()
+
+
 def test_futures_dropped_without_awaiting(rust_calc: str, mode: str, caplog: pytest.LogCaptureFixture) -> None:
     """Calls nobody awaits, fire-and-forget tasks, futures dropped while
     pending: no warning, nothing reported, nothing left pending."""
