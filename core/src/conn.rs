@@ -1317,6 +1317,7 @@ impl Conn {
         raw_result: bool,
         flush: Flush,
     ) -> Result<(u32, Arc<CallSlot>)> {
+        self.wait_for_room(flush)?;
         let slot = CallSlot::new(deadline, raw_result);
         let msgid = lock(&self.pending).insert(slot.clone())?;
         // A handler calling back to a peer whose requests paused the reading
@@ -1354,9 +1355,47 @@ impl Conn {
         params: Params<'_>,
         flush: Flush,
     ) -> Result<()> {
+        self.wait_for_room(flush)?;
         self.send(flush, |out| {
             codec::encode_notification_params(out, method, params)
         })
+    }
+
+    /// Before a blocking send of our own on a connection whose I/O thread
+    /// writes (so the send itself would not wait): waits while more than
+    /// `Limits::max_write_backlog` is queued unwritten, so that a peer that
+    /// does not read cannot make it grow without bound. Nothing is sent when
+    /// it gives up: at the deadline ([`Error::Timeout`]), or when the host
+    /// asks to stop ([`crate::with_write_interrupt`]).
+    fn wait_for_room(&self, flush: Flush) -> Result<()> {
+        const SLICE: Duration = Duration::from_millis(10);
+        let Flush::Wait(deadline) = flush else {
+            return Ok(());
+        };
+        if self.reactor.get().map_or(true, |r| r.is_current_thread()) {
+            return Ok(());
+        }
+        let limit = self.config.limits.max_write_backlog;
+        while self.write_backlog.load(Ordering::Acquire) > limit {
+            if self.is_ended() {
+                return Err(self.closed_error());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout);
+            }
+            if interrupt::requested() {
+                return Err(Error::Usage(
+                    "the send was interrupted before any of it was written".into(),
+                ));
+            }
+            // The I/O thread writes once the socket has room; look again then.
+            if !poll_fd(self.fd(), libc::POLLOUT, Some(now + SLICE)) {
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Checks caller-encoded bytes against this connection's limits.

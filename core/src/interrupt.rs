@@ -16,9 +16,12 @@ thread_local! {
 /// Runs `f` with `check` asked between the slices of every blocking write
 /// made on this thread. When it returns true, the write stops, the
 /// connection is closed (part of a message may be on the wire, so the
-/// stream cannot go on) and the call fails with [`Error::ConnectionLost`].
+/// stream cannot go on) and the call fails with [`Error::ConnectionLost`];
+/// a send still waiting for the connection's backlog to drain before it
+/// starts fails with [`Error::Usage`], nothing sent.
 ///
 /// [`Error::ConnectionLost`]: crate::Error::ConnectionLost
+/// [`Error::Usage`]: crate::Error::Usage
 pub fn with_write_interrupt<R>(check: Check, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Check>);
     impl Drop for Restore {

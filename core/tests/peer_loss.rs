@@ -372,3 +372,30 @@ fn a_blocking_write_to_a_peer_that_does_not_read_times_out_and_closes() {
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     assert!(client.is_closed());
 }
+
+/// On a connection whose I/O thread writes (a client with handlers), a
+/// blocking send does not itself wait for the socket; it waits instead
+/// while more than `max_write_backlog` is queued, and at its timeout fails
+/// with nothing sent: a peer that does not read cannot make the queue grow
+/// without bound. The connection stays whole.
+#[test]
+fn a_blocking_send_waits_for_the_backlog_of_a_client_with_handlers() {
+    let mut handlers = Router::new();
+    handlers.method_inline("ping", |_| Ok(Value::from("pong")));
+    let builder = Client::builder()
+        .router(handlers)
+        .call_timeout(Some(Duration::from_millis(300)));
+    let (client, mut peer) = client_of_a_deaf_peer(builder);
+    let mut params = vec![0x91, 0xc6];
+    params.extend_from_slice(&(BIG as u32).to_be_bytes());
+    params.resize(6 + BIG, 7);
+    client.notify_encoded_blocking_write("m", &params).unwrap();
+    let second = client.notify_encoded_blocking_write("m", &params);
+    assert!(matches!(second, Err(Error::Timeout)), "{second:?}");
+    assert!(!client.is_closed());
+    drop(client);
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut peer, &mut all).expect("the stream did not end");
+    assert_eq!(all.len(), 4 + 6 + BIG, "not exactly the first notification");
+}
