@@ -474,9 +474,8 @@ impl Conn {
 
     // ---- writing ----------------------------------------------------------
 
-    /// Queues one encoded message and writes it out (unless corked); gives
-    /// where the message ends in the outgoing stream. `flush` says who
-    /// writes what the socket does not take at once.
+    /// Queues one encoded message and writes it out (unless corked). `flush`
+    /// says who writes what the socket does not take at once.
     pub(crate) fn send(
         self: &Arc<Self>,
         flush: Flush,
@@ -759,11 +758,9 @@ impl Conn {
         let held = self.held.load(Ordering::SeqCst);
         let holds_too_much = held > limit.saturating_mul(CALLBACK_ALLOWANCE)
             || (held > limit && lock(&self.pending).len() == 0);
-        holds_too_much || (self.config.server.is_some() && self.unread_replies_too_many())
-    }
-
-    fn unread_replies_too_many(&self) -> bool {
-        self.write_backlog.load(Ordering::SeqCst) > self.config.limits.max_write_backlog
+        let replies_unread = self.config.server.is_some()
+            && self.write_backlog.load(Ordering::SeqCst) > self.config.limits.max_write_backlog;
+        holds_too_much || replies_unread
     }
 
     /// Resumes reading a paused connection once what paused it is down to

@@ -181,8 +181,11 @@ impl Peer {
     /// writes it: when the socket does not take it all at once, this thread
     /// waits for the peer to read, until the call's deadline (then the
     /// connection closes and the call fails with [`Error::Timeout`]), or
-    /// until a check given to [`with_write_interrupt`] stops it; no I/O
-    /// thread is involved. For front ends that wait for the reply in slices
+    /// until a check given to [`with_write_interrupt`] stops it. On a
+    /// connection whose I/O thread writes (a client with handlers), it waits
+    /// instead, before sending, while more than
+    /// [`Limits::max_write_backlog`] is queued (at the deadline it fails with
+    /// [`Error::Timeout`], nothing sent). For front ends that wait for the reply in slices
     /// themselves ([`PendingCall::wait_for`]) and want the blocking call's
     /// path.
     ///
