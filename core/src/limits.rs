@@ -61,8 +61,10 @@ pub struct Limits {
     /// client's own call), up to four times it is allowed.
     ///
     /// A handler that waits for a later message from the same peer (an
-    /// acknowledgment, a cancel) waits in vain while reading is stopped:
-    /// keep what such handlers hold well under this limit.
+    /// acknowledgment, a cancel, or the reply to a call it makes, when the
+    /// peer sends more than four times this limit before it) waits in vain
+    /// while reading is stopped, until its timeout: keep what such handlers
+    /// hold well under this limit.
     pub max_request_backlog: usize,
 }
 

@@ -31,7 +31,9 @@ pub const FOORPC_LIMIT_MAX_WRITE_BACKLOG: u32 = 6;
 /// Bytes of a peer's requests (and POOL and ORDERED notifications) a server,
 /// or a client with handlers, holds while handlers work on them before it
 /// reads no more from that peer (default 16 MiB; up to four times that while
-/// a call of this side waits for a reply from that peer).
+/// a call of this side waits for a reply from that peer). A handler that
+/// waits for a later message of that peer (the reply to its own call, say)
+/// waits until its timeout if the peer sends more than that before it.
 pub const FOORPC_LIMIT_MAX_REQUEST_BACKLOG: u32 = 7;
 
 /// Sets limit `which` of `limits` to `value` (at least 1; a value larger

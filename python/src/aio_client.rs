@@ -298,7 +298,10 @@ impl LoopDriver {
     /// calls (their futures and completion queue): the loop reaches them
     /// only through it, so a loop closed with calls pending, whose tasks
     /// refer to the client, leaves a cycle the collector can free. (With
-    /// foorpc's I/O thread reading, that thread holds them instead.)
+    /// foorpc's I/O thread reading, that thread holds them instead.) The
+    /// calls of a loop-driven connection change only with the GIL held
+    /// (the loop's callbacks, `call`, `notify`, close), so a collection
+    /// sees them the same in all its passes.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.completions)?;

@@ -120,6 +120,16 @@ pub fn notify(
     convert::with_buffer(|buf| {
         convert::encode_params(params, buf)?;
         let buf = &*buf;
+        if peer.is_loop_driven() {
+            // Never waits (the event loop writes what the socket does not
+            // take), so the GIL stays held: the cycle collector sees this
+            // connection's calls in flight (`LoopDriver::__traverse__`), and
+            // a failed write, which fails them, must not run during a
+            // collection.
+            return peer
+                .notify_encoded_blocking_write(method, buf)
+                .map_err(|e| PyErr::from(Error(e)));
+        }
         send_interruptibly(py, || peer.notify_encoded_blocking_write(method, buf))
     })
 }
