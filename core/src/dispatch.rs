@@ -217,23 +217,23 @@ impl Router {
 }
 
 /// What a handler gets: it names the connection it came on.
-trait Incoming: Send + 'static {
+trait FromPeer: Send + 'static {
     fn peer(&self) -> &Peer;
 }
 
-impl Incoming for Request {
+impl FromPeer for Request {
     fn peer(&self) -> &Peer {
         &self.peer
     }
 }
 
-impl Incoming for Notification {
+impl FromPeer for Notification {
     fn peer(&self) -> &Peer {
         &self.peer
     }
 }
 
-fn run<T: Incoming>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution, arg: T) {
+fn run<T: FromPeer>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution, arg: T) {
     if matches!(execution, Execution::Inline) {
         // A panicking handler must not take the I/O thread down; the
         // request's Responder, dropped while unwinding, sends an error reply.
@@ -248,7 +248,7 @@ fn run<T: Incoming>(handler: Arc<dyn Fn(T) + Send + Sync>, execution: Execution,
 /// handler run as `execution` must wait for: always for `Ordered`; for
 /// `Pool`, only while ordered handlers of earlier messages are still waiting
 /// or running (none at all on connections without ordered handlers).
-fn serial_for(execution: Execution, arg: &impl Incoming) -> Option<Arc<SerialQueue>> {
+fn serial_for(execution: Execution, arg: &impl FromPeer) -> Option<Arc<SerialQueue>> {
     let conn = arg.peer().conn();
     match execution {
         Execution::Ordered => Some(conn.serial()),

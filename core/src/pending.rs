@@ -348,8 +348,7 @@ impl Pending {
         if self.closed.is_none() {
             self.closed = Some(reason);
         }
-        self.deadlines.clear();
-        self.calls.drain().map(|(_, s)| s).collect()
+        self.forget_all()
     }
 
     /// Shows `f` the data of each pending call's completion callback of
